@@ -1,0 +1,216 @@
+"""Trainer callbacks of the pretraining app: step timing, printed progress, the JSONL training log,
+generation samples and a clean stop on SIGTERM.
+
+Each callback does one thing; `run_pretrain.py` wires them to the Trainer. Files are written by the main
+process only, and the log files are cut back to the resumed step on a restart so that every step is
+logged exactly once across resumes.
+"""
+
+import json
+import math
+import os
+import signal
+import time
+
+import torch
+import transformers
+from transformers import TrainerCallback
+
+TRAINING_LOG = "training_log.jsonl"
+SAMPLES_LOG = "samples.jsonl"
+
+
+def finite_or_none(value):
+    """JSON has no NaN/Inf: a non-finite number is written as null."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def append_jsonl(path: str, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({key: finite_or_none(value) for key, value in row.items()}) + "\n")
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+    """Drop the rows logged after `last_step` (by a run that went on past the checkpoint it resumes from).
+
+    The file is rewritten to a temporary name and swapped in, so a crash here loses nothing. A torn last
+    line (a kill mid-write) is dropped too.
+    """
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+class StepTimer(TrainerCallback):
+    """Times optimizer steps on the host: no device sync is added (the Trainer's gradient-norm check
+    already waits for the step). `data_wait` is filled by the Trainer around its batch fetch."""
+
+    def __init__(self):
+        self.reset()
+        self._begin = None
+
+    def reset(self):
+        self.steps, self.compute, self.data_wait = 0, 0.0, 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._begin = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._begin is not None:
+            self.compute += time.perf_counter() - self._begin
+            self.steps += 1
+            self._begin = None
+
+    def pop(self) -> tuple[int, float, float]:
+        """(steps, seconds computing, seconds waiting for data) since the last call."""
+        totals = self.steps, self.compute, self.data_wait
+        self.reset()
+        return totals
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Writes `training_log.jsonl`: one row per training log (`type: "train"`) and per evaluation
+    (`type: "eval"`, with perplexity)."""
+
+    TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "step_time", "data_wait", "tokens_per_second",
+                  "tokens_per_second_per_device", "tokens_seen", "mfu", "skipped_steps")
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, TRAINING_LOG)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            truncate_jsonl(self.path, state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            row = {"type": "train", "step": state.global_step}
+            row.update({key: logs[key] for key in self.TRAIN_KEYS if key in logs})
+        elif "eval_loss" in logs:
+            row = {"type": "eval", "step": state.global_step, "eval_loss": logs["eval_loss"],
+                   "perplexity": perplexity(logs["eval_loss"])}
+        else:  # the end-of-training summary: printed by the Trainer, kept in trainer_state.json
+            return
+        append_jsonl(self.path, row)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 100 else float("inf")
+
+
+def progress_line(state, logs) -> str | None:
+    """One plain line for a training log or an evaluation, None for other logs."""
+    if "loss" in logs:
+        parts = [f"step {state.global_step}/{state.max_steps}", f"loss {logs['loss']:.4f}",
+                 f"lr {logs.get('learning_rate', 0):.3e}"]
+        if "step_time" in logs:
+            parts += [f"step {logs['step_time']:.3f}s", f"{logs['tokens_per_second']:,.0f} tok/s"]
+        if logs.get("mfu") is not None:
+            parts.append(f"mfu {100 * logs['mfu']:.1f}%")
+        if logs.get("skipped_steps"):
+            parts.append(f"skipped {logs['skipped_steps']} non-finite")
+        return " | ".join(parts)
+    if "eval_loss" in logs:
+        return (f"step {state.global_step}/{state.max_steps} | eval_loss {logs['eval_loss']:.4f} | "
+                f"perplexity {perplexity(logs['eval_loss']):.2f}")
+    return None
+
+
+class ProgressBarCallback(transformers.trainer_callback.ProgressCallback):
+    """The Trainer's progress bar, writing one concise line per log instead of the raw dict."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        line = progress_line(state, logs or {})
+        if state.is_world_process_zero and line:
+            self.training_bar.write(line) if self.training_bar is not None else print(line, flush=True)
+
+
+class ProgressLinesCallback(TrainerCallback):
+    """The same lines without a bar (`--disable_tqdm true`), in place of the Trainer's dict printer."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        line = progress_line(state, logs or {})
+        if state.is_world_process_zero and line:
+            print(line, flush=True)
+
+
+class GenerationSamplesCallback(TrainerCallback):
+    """Every `generation_steps`, completes fixed prompts greedily, prints them and appends them to
+    `samples.jsonl`. Runs on every rank (sharded models need all ranks in the forward); the model goes
+    back to train mode and the random state is restored, so training is unaffected."""
+
+    def __init__(self, output_dir: str, prompts: list[str], steps: int, max_new_tokens: int):
+        self.path = os.path.join(output_dir, SAMPLES_LOG)
+        self.prompts, self.steps, self.max_new_tokens = prompts, steps, max_new_tokens
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            truncate_jsonl(self.path, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.steps <= 0 or not self.prompts or state.global_step % self.steps != 0:
+            return
+        for prompt, text in zip(self.prompts, generate_samples(model, processing_class, self.prompts, self.max_new_tokens, args.bf16)):
+            if state.is_world_process_zero:
+                print(f"sample @ step {state.global_step}: {prompt!r} -> {text!r}", flush=True)
+                append_jsonl(self.path, {"step": state.global_step, "prompt": prompt, "text": text})
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, bf16: bool = False) -> list[str]:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    texts = []
+    # sampling settings are greedy, but a kernel may still draw random numbers: keep training's stream intact
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for prompt in prompts:
+            inputs = tokenizer(prompt, return_tensors="pt").to(device)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    model.train(was_training)
+    return texts
+
+
+class SigtermCallback(TrainerCallback):
+    """On SIGTERM (preemption), finish the current optimizer step, save a checkpoint and stop.
+
+    transformers' `enable_jit_checkpoint` is not used: it saves before the optimizer step of a batch
+    already taken from the data stream (and only after a fixed 3 s wait), so a resume would skip that
+    batch. Saving at the step boundary keeps the resume exact.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)

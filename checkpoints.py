@@ -1,0 +1,96 @@
+"""Checkpoint integrity: a manifest written last, and the search for the newest valid checkpoint.
+
+The Trainer writes a checkpoint file by file with no marker of completion, and `get_last_checkpoint`
+takes the highest step number whatever its state. A kill or power loss mid-save then leaves a folder
+that looks like the newest checkpoint but cannot be resumed from. Here every file is flushed to disk and
+a manifest with their sizes is written last, atomically; a checkpoint counts only if its manifest,
+sizes, safetensors headers and trainer state all check out.
+"""
+
+import json
+import os
+import re
+
+from safetensors import safe_open
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+MANIFEST = "checkpoint_manifest.json"
+CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(checkpoint: str) -> None:
+    """Flush every file of `checkpoint` to disk, then record their sizes in the manifest (atomically)."""
+    files = {}
+    for root, _, names in os.walk(checkpoint):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, checkpoint)
+            if rel in (MANIFEST, MANIFEST + ".tmp"):
+                continue
+            fsync_path(path)
+            files[rel] = os.path.getsize(path)
+    tmp = os.path.join(checkpoint, MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"files": files}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(checkpoint, MANIFEST))
+    fsync_path(checkpoint)
+
+
+def checkpoint_problem(checkpoint: str) -> str | None:
+    """Why `checkpoint` cannot be resumed from, or None if it is complete."""
+    try:
+        with open(os.path.join(checkpoint, MANIFEST), encoding="utf-8") as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:
+        return "no manifest (the save did not finish)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable manifest ({err})"
+    for rel, size in files.items():
+        path = os.path.join(checkpoint, rel)
+        if not os.path.isfile(path):
+            return f"{rel} is missing"
+        if os.path.getsize(path) != size:
+            return f"{rel} has {os.path.getsize(path)} bytes, expected {size} (truncated or changed)"
+        if rel.endswith(".safetensors"):
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except Exception as err:  # safetensors raises its own error types for a bad header
+                return f"{rel} is corrupt ({err})"
+    if "trainer_state.json" not in files:
+        return "trainer_state.json is missing"
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            json.load(f)["global_step"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"trainer_state.json is unreadable ({err})"
+    return None
+
+
+def list_checkpoints(output_dir: str) -> list[str]:
+    """Checkpoint folders in `output_dir`, newest (highest step) first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT_RE.match(name))]
+    return [os.path.join(output_dir, name) for _, name in sorted(found, reverse=True)
+            if os.path.isdir(os.path.join(output_dir, name))]
+
+
+def newest_valid_checkpoint(output_dir: str, warn=print) -> str | None:
+    """The newest complete checkpoint; each newer incomplete one is named in a warning and skipped."""
+    for checkpoint in list_checkpoints(output_dir):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        warn(f"warning: skipping {os.path.basename(checkpoint)}: {problem}")
+    return None

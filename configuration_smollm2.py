@@ -1,0 +1,176 @@
+"""Configuration of SmolLM2, a Llama-architecture decoder (https://huggingface.co/HuggingFaceTB/SmolLM2-135M).
+
+The defaults are the published SmolLM2-135M; `SmolLM2Config.tiny()` is the small preset for tests. A Llama
+`config.json` (model_type "llama", as on the Hub) or the Llama config that transformers reads out of a GGUF file is
+accepted as is, so official checkpoints load without conversion:
+
+    config = SmolLM2Config.from_pretrained("HuggingFaceTB/SmolLM2-135M")
+    tiny = SmolLM2Config.tiny(vocab_size=49152)
+
+This file travels to the Hub next to `modeling_smollm2.py` and imports only `transformers`.
+"""
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+
+class SmolLM2Config(PretrainedConfig):
+    r"""
+    Configuration of a [`SmolLM2ForCausalLM`]. Fields and names follow `LlamaConfig`; the defaults give SmolLM2-135M
+    (134,515,008 parameters).
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 49152):
+            Number of token ids; rows of `embed_tokens` (and of the tied `lm_head`).
+        hidden_size (`int`, *optional*, defaults to 576):
+            Width of the residual stream.
+        intermediate_size (`int`, *optional*, defaults to 1536):
+            Width of the SwiGLU feed-forward layer.
+        num_hidden_layers (`int`, *optional*, defaults to 30):
+            Number of decoder layers.
+        num_attention_heads (`int`, *optional*, defaults to 9):
+            Number of query heads; must divide `hidden_size`.
+        num_key_value_heads (`int`, *optional*, defaults to 3):
+            Number of key/value heads (grouped-query attention); must divide `num_attention_heads`.
+        head_dim (`int`, *optional*):
+            Width of one head. Derived as `hidden_size // num_attention_heads`; accepted from Llama configs only when
+            it equals that value (SmolLM2 has no decoupled head width).
+        hidden_act (`str`, *optional*, defaults to `"silu"`):
+            Activation of the gate projection, a key of `transformers.activations.ACT2FN`.
+        max_position_embeddings (`int`, *optional*, defaults to 8192):
+            Longest sequence the model was trained for. RoPE does not enforce it; it sizes static caches.
+        initializer_range (`float`, *optional*, defaults to 1/24 = 0.041666666666666664):
+            Standard deviation of the normal init of every linear and embedding weight (the published value).
+        rms_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon added to the mean square in every RMSNorm.
+        rope_theta (`float`, *optional*, defaults to 100000.0):
+            Base period of the rotary position embedding. A Llama `rope_parameters` (or legacy `rope_scaling`) dict
+            with `rope_type="default"` is accepted and its `rope_theta` taken; any other rope type is refused.
+        use_cache (`bool`, *optional*, defaults to `True`):
+            Whether the forward pass returns a key/value cache for incremental decoding.
+        pad_token_id (`int`, *optional*):
+            Padding id. Unused by the model (no embedding row is frozen for it); kept for the tokenizer and generate.
+        bos_token_id (`int`, *optional*, defaults to 0):
+            Beginning-of-sequence id (`<|endoftext|>` in the SmolLM2 tokenizer).
+        eos_token_id (`int` or `list[int]`, *optional*, defaults to 0):
+            End-of-sequence id(s) that stop generation.
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
+            Whether `lm_head.weight` is `model.embed_tokens.weight` (SmolLM2 ties them).
+        attention_bias (`bool`, *optional*, defaults to `False`):
+            Llama's bias switch for q/k/v/o. SmolLM2 has no biases, so only `False` is accepted.
+        mlp_bias (`bool`, *optional*, defaults to `False`):
+            Llama's bias switch for the feed-forward layer. Only `False` is accepted, for the same reason.
+        loss_chunk_size (`int`, *optional*, defaults to 4096):
+            Tokens per chunk of the training loss. With labels, logits are computed and dropped chunk by chunk,
+            so the loss holds `loss_chunk_size x vocab_size` fp32 values (4096 x 49152 = 805 MB) instead of
+            `batch x seq x vocab_size` (8 x 2048 x 49152 = 3.2 GB per copy). Smaller saves memory; larger issues
+            fewer, bigger matmuls.
+
+    Other Llama keys are accepted at the values that mean "plain SmolLM2": `attention_dropout=0.0`,
+    `rope_interleaved=False` (nanotron), and `pretraining_tp` (a tensor-parallel layout hint that changes no maths).
+    A Llama config's `model_type="llama"` stays on the instance while `to_dict()` writes the class's "smollm2":
+    transformers' GGUF reader maps tensor names by the instance's model_type, which is what lets
+    `SmolLM2ForCausalLM.from_pretrained(folder, gguf_file=...)` load a Llama GGUF.
+    """
+
+    model_type = "smollm2"
+    keys_to_ignore_at_inference = ["cache"]
+
+    vocab_size: int = 49152
+    hidden_size: int = 576
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 9
+    num_key_value_heads: int = 3
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 8192
+    initializer_range: float = 0.041666666666666664
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 100000.0
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 0
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    loss_chunk_size: int = 4096
+
+    def __post_init__(self, **kwargs):
+        # Llama keys are taken out before the base class sees them: it would store `rope_parameters` and turn
+        # `rope_scaling` into a RoPE dict that this model has no use for.
+        for rope_parameters in (kwargs.pop("rope_scaling", None), kwargs.pop("rope_parameters", None)):
+            if rope_parameters is None:
+                continue
+            rope_type = rope_parameters.get("rope_type", rope_parameters.get("type", "default"))
+            if rope_type != "default":
+                raise ValueError(f"rope_type={rope_type!r} is not supported: SmolLM2 uses rope_type='default' only")
+            self.rope_theta = rope_parameters.get("rope_theta", self.rope_theta)
+        attention_dropout = kwargs.pop("attention_dropout", 0.0)
+        if attention_dropout:
+            raise ValueError(f"attention_dropout={attention_dropout} is not supported: SmolLM2 has none")
+        rope_interleaved = kwargs.pop("rope_interleaved", False)
+        if rope_interleaved:
+            raise ValueError(f"rope_interleaved={rope_interleaved} is not supported: SmolLM2 rotates halves")
+        kwargs.pop("pretraining_tp", None)
+
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "loss_chunk_size",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {name}={value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} must be divisible by "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.head_dim != self.hidden_size // self.num_attention_heads:
+            raise ValueError(
+                f"head_dim={self.head_dim} must equal hidden_size // num_attention_heads = "
+                f"{self.hidden_size // self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not a transformers activation (ACT2FN)")
+        for name in ("attention_bias", "mlp_bias"):
+            if getattr(self, name):
+                raise ValueError(f"{name}={getattr(self, name)} is not supported: SmolLM2 has no biases")
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "SmolLM2Config":
+        """The test preset: 2 layers of width 64, GQA with 4 query and 2 key/value heads, vocabulary 512.
+
+        Pass `vocab_size=49152` (or `len(tokenizer)`) when token ids come from the real SmolLM2 tokenizer.
+        """
+        shape = dict(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+        )
+        return cls(**{**shape, **overrides})
+
+
+__all__ = ["SmolLM2Config"]

@@ -1,0 +1,223 @@
+"""Streaming data for pretraining: text stream -> tokens (EOS between documents) -> packed blocks.
+
+The same path serves the Hub corpus (`HuggingFaceTB/smollm-corpus`, `cosmopedia-v2`) and local files
+(jsonl/json/parquet/csv/txt): everything is a `datasets` IterableDataset, tokenized lazily with a batched
+`map`, then packed by `PackedDataset` into `block_size` samples with no padding.
+
+`PackedDataset` is resumable in O(1): its `state_dict()` is the source stream's position plus the tokens
+left over from the last document, so a restart continues mid-document without re-reading what was
+already trained on (torchdata's `StatefulDataLoader` collects it from every DataLoader worker).
+"""
+
+import json
+import os
+from itertools import islice
+
+import torch
+from datasets import Dataset, IterableDataset, load_dataset
+from datasets.distributed import split_dataset_by_node
+
+# local file suffix -> `datasets` builder
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+class DataError(ValueError):
+    """Bad or unreachable training data; the message names the file, line or value."""
+
+
+def builder_for(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in LOCAL_BUILDERS:
+        raise DataError(f"unsupported data file type {suffix or '(none)'!r} for {path} (use one of {', '.join(LOCAL_BUILDERS)})")
+    return LOCAL_BUILDERS[suffix]
+
+
+def check_local_file(path: str, text_column: str) -> None:
+    """Fail early, naming the file (and line), on what would otherwise break a run hours in.
+
+    JSON Lines files are read in full once: a bad line deep in the file would otherwise stop training
+    mid-run, after checkpoints were written. The other formats only have their header read.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"data file not readable: {path}")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"data file is empty: {path}")
+    builder = builder_for(path)
+    if builder == "json":
+        check_json_file(path, text_column)
+    elif builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises several types for a broken file
+            raise DataError(f"unreadable parquet file {path}: {err}") from None
+        if parquet.metadata.num_rows == 0:
+            raise DataError(f"data file has no rows: {path}")
+        check_columns(path, parquet.schema_arrow.names, text_column)
+    elif builder == "csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+            if next(f, None) is None:
+                raise DataError(f"data file has no rows: {path}")
+        check_columns(path, header, text_column)
+    elif builder == "text":
+        with open(path, encoding="utf-8") as f:
+            if not any(line.strip() for line in f):
+                raise DataError(f"data file has no text: {path}")
+
+
+def check_json_file(path: str, text_column: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        is_array = f.read(1) == "["  # a JSON array file rather than JSON Lines
+        f.seek(0)
+        if is_array:
+            try:
+                records = enumerate(json.load(f), start=1)
+            except json.JSONDecodeError as err:
+                raise DataError(f"invalid JSON in {path} at line {err.lineno}: {err.msg}") from None
+            where = "record"
+        else:
+            records = json_lines(f, path)
+            where = "line"
+        count = 0
+        for number, record in records:
+            if not isinstance(record, dict):
+                raise DataError(f"invalid JSON in {path} at {where} {number}: expected an object, got {type(record).__name__}")
+            check_columns(f"{path} {where} {number}", list(record), text_column)
+            count += 1
+    if count == 0:
+        raise DataError(f"data file has no records: {path}")
+
+
+def json_lines(lines, path: str):
+    """(line number, record) for each non-blank line, streaming: a file of any size is checked in constant memory."""
+    for lineno, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"invalid JSON in {path} at line {lineno}: {err.msg}") from None
+
+
+def check_columns(where: str, columns: list[str], text_column: str) -> None:
+    if text_column not in columns:
+        raise DataError(f"text column {text_column!r} not found in {where} (columns: {', '.join(map(str, columns)) or 'none'})")
+
+
+def load_text_stream(data_args, files: list[str] | None = None, split: str = "train") -> IterableDataset:
+    """A streamed dataset of documents holding `data_args.text_column`, from local `files` or the Hub."""
+    if files:
+        for path in files:
+            check_local_file(path, data_args.text_column)
+        builders = {builder_for(path) for path in files}
+        if len(builders) > 1:
+            raise DataError(f"data files mix formats ({', '.join(sorted(builders))}): {', '.join(files)}")
+        # everything goes through the streaming path; `streaming=False` only decides if the files are
+        # first converted to Arrow (faster re-reads, costs disk and start-up time)
+        dataset = load_dataset(builders.pop(), data_files={split: files}, split=split, streaming=data_args.streaming)
+    else:
+        try:
+            dataset = load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=split, streaming=data_args.streaming)
+        except (ConnectionError, OSError) as err:
+            raise DataError(
+                f"cannot load dataset {data_args.dataset_name!r} ({data_args.dataset_config_name}): the network or the "
+                f"Hugging Face Hub is unavailable ({type(err).__name__}); use local files with --train_file "
+                "[--validation_file] instead"
+            ) from None
+        if data_args.text_column not in (dataset.column_names or [data_args.text_column]):
+            check_columns(f"dataset {data_args.dataset_name}", dataset.column_names, data_args.text_column)
+    if isinstance(dataset, Dataset):
+        dataset = dataset.to_iterable_dataset()
+    return dataset
+
+
+def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str) -> IterableDataset:
+    """Tokenize lazily (fast tokenizer, batched) and append EOS to every document, so that packed
+    neighbours are separated as in the official pretraining data."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token: documents could not be separated")
+
+    def tokenize(batch):
+        ids = tokenizer(batch[text_column], add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+        return {"input_ids": [doc + [eos] for doc in ids]}
+
+    dataset = dataset.select_columns([text_column])
+    return dataset.map(tokenize, batched=True, batch_size=256, remove_columns=[text_column])
+
+
+class PackedDataset(torch.utils.data.IterableDataset):
+    """Concatenates tokenized documents and cuts them into `block_size` samples.
+
+    Drops nothing but the stream's last partial block, pads nothing. Labels are the inputs (the model
+    shifts them). `state_dict()` is the state after the last sample yielded: the source position and the
+    leftover tokens of the document in progress.
+    """
+
+    def __init__(self, tokenized: IterableDataset, block_size: int):
+        self.tokenized = tokenized
+        self.block_size = block_size
+        self._leftover: list[int] = []
+        self._state = {"source": tokenized.state_dict(), "leftover": []}
+
+    def __iter__(self):
+        block_size = self.block_size
+        buffer = list(self._leftover)
+        for example in self.tokenized:
+            buffer.extend(example["input_ids"])
+            while len(buffer) >= block_size:
+                block, buffer = buffer[:block_size], buffer[block_size:]
+                # the position after this sample, for a resume that starts with the next one
+                self._state = {"source": self.tokenized.state_dict(), "leftover": buffer}
+                input_ids = torch.tensor(block, dtype=torch.long)
+                yield {"input_ids": input_ids, "labels": input_ids}
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokenized.load_state_dict(state["source"])
+        self._leftover = list(state["leftover"])
+        self._state = state
+
+    def set_epoch(self, epoch: int) -> None:
+        self.tokenized.set_epoch(epoch)
+
+
+def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):
+    """Return (train PackedDataset, eval `datasets.Dataset` or None).
+
+    Validation is `--validation_file`, else the first `validation_documents` documents of the stream,
+    which training skips. The eval blocks are materialised once (they are few) so that every
+    evaluation sees the same data without re-streaming it. With several processes each rank trains on
+    its own part of the stream (`split_dataset_by_node`: whole shards when they divide evenly, else
+    every world_size-th document).
+    """
+    stream = load_text_stream(data_args, data_args.train_file and [data_args.train_file])
+    if data_args.validation_file:
+        eval_stream = load_text_stream(data_args, [data_args.validation_file], split="validation")
+    elif data_args.validation_documents > 0:
+        eval_stream = stream.take(data_args.validation_documents)
+        stream = stream.skip(data_args.validation_documents)
+    else:
+        eval_stream = None
+    if world_size > 1:
+        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    train = PackedDataset(tokenize_stream(stream, tokenizer, data_args.text_column), data_args.block_size)
+
+    eval_dataset = None
+    if eval_stream is not None:
+        packed = PackedDataset(tokenize_stream(eval_stream, tokenizer, data_args.text_column), data_args.block_size)
+        blocks = [block["input_ids"] for block in islice(packed, data_args.max_eval_samples)]
+        if not blocks:
+            raise DataError(
+                f"validation data holds fewer than block_size={data_args.block_size} tokens: use more "
+                "--validation_documents, a larger --validation_file or a smaller --block_size"
+            )
+        eval_dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks}).with_format("torch")
+    return train, eval_dataset

@@ -1,0 +1,461 @@
+"""SmolLM2, a Llama-architecture decoder, written out in one file.
+
+Parameter names are LlamaForCausalLM's, so official checkpoints load with no key map and any Llama state dict copies
+in strictly. Differences from transformers' Llama are about cost, not maths: with `labels` the loss is computed in
+chunks and never materialises the `(batch, seq, vocab)` logits (`logits` is then `None`), and an explicit attention
+mask is only built when there is padding or a cache offset, so SDPA keeps its `is_causal` kernels otherwise.
+
+Loading (official SmolLM2 checkpoints are Llama-format: config.json with model_type "llama"):
+    SmolLM2ForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")           # Llama-format folder or Hub id
+    SmolLM2ForCausalLM.from_pretrained(folder, gguf_file="x.gguf")            # GGUF, dequantised by transformers
+    AutoModelForCausalLM.from_pretrained(saved_folder, trust_remote_code=True)  # a folder saved from this class
+
+GGUF works because transformers reads the file into a Llama config dict whose model_type "llama" stays on the
+config instance (the class's "smollm2" is what gets saved), and its GGUF reader maps tensor names by that
+model_type; it dequantises the blocks and un-permutes q/k by the file's own architecture.
+
+This file travels to the Hub as remote code next to `configuration_smollm2.py`; it imports only torch and
+transformers.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+
+try:
+    from .configuration_smollm2 import SmolLM2Config
+except ImportError:  # imported as a top-level module rather than from a Hub package
+    from configuration_smollm2 import SmolLM2Config
+
+
+IGNORE_INDEX = -100  # label value that takes no part in the loss (PyTorch's and transformers' convention)
+
+
+class SmolLM2RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # The mean square in bf16 loses the small components; fp32 is what the checkpoints were trained with.
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class SmolLM2RotaryEmbedding(nn.Module):
+    """cos/sin of the default RoPE, computed once per forward and shared by every layer."""
+
+    def __init__(self, config: SmolLM2Config):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.rope_theta = config.rope_theta
+
+    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Recomputed rather than kept in a buffer: head_dim / 2 values cost nothing, and a buffer would be cast to
+        # bf16 by `model.to(dtype)` and left uninitialised by transformers' meta-device loading.
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float, device=x.device) / self.head_dim
+        inv_freq = 1.0 / (self.rope_theta**exponents)
+        freqs = position_ids[..., None].float() * inv_freq  # (batch, seq, head_dim / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (batch, seq, head_dim)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Rotates half the hidden dims of the input."""
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotates q and k, both (batch, heads, seq, head_dim), by cos/sin of shape (batch, seq, head_dim)."""
+    cos = cos.unsqueeze(1)  # broadcast over heads
+    sin = sin.unsqueeze(1)
+    q_embed = (q * cos) + (rotate_half(q) * sin)
+    k_embed = (k * cos) + (rotate_half(k) * sin)
+    return q_embed, k_embed
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, head_dim) -> (batch, kv_heads * n_rep, seq, head_dim), each kv head repeated n_rep times."""
+    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """Attention written out, the reference the SDPA path is tested against.
+
+    query is (batch, heads, q_len, head_dim), key/value (batch, kv_heads, kv_len, head_dim). attention_mask is a
+    boolean (batch, 1, q_len, kv_len) mask, True where a query may attend, or None for plain causal attention whose
+    queries are the last q_len positions. Returns (batch, heads, q_len, head_dim).
+    """
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling  # (batch, heads, q_len, kv_len)
+    if attention_mask is None:
+        q_len, kv_len = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+    attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(attn_weights, value_states)
+
+
+def sdpa_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """Same contract as `eager_attention_forward`, through torch's fused scaled_dot_product_attention."""
+    # Without a mask, is_causal lets SDPA pick its flash kernels. Its causal mask is aligned top-left, which is only
+    # right without a cache offset: the model passes an explicit mask whenever q_len > 1 follows cached tokens.
+    # A single query (decoding) attends to every cached key, which is no mask at all.
+    return F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        is_causal=attention_mask is None and query.shape[2] > 1,
+        scale=scaling,
+        enable_gqa=module.num_key_value_groups > 1,  # reads the shared kv heads in place instead of repeat_kv copies
+    )
+
+
+class SmolLM2MLP(nn.Module):
+    def __init__(self, config: SmolLM2Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class SmolLM2Attention(nn.Module):
+    """Grouped-query self-attention: num_attention_heads query heads share num_key_value_heads key/value heads."""
+
+    def __init__(self, config: SmolLM2Config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx  # which layer of the cache this attention writes
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+
+        if cache is not None:
+            # returns every key/value seen so far: (batch, kv_heads, past + seq, head_dim)
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+
+        attention_interface = (
+            eager_attention_forward if self.config._attn_implementation == "eager" else sdpa_attention_forward
+        )
+        attn_output = attention_interface(
+            self, query_states, key_states, value_states, attention_mask, scaling=self.scaling
+        )
+        attn_output = attn_output.transpose(1, 2).reshape(*input_shape, -1)  # (batch, seq, heads * head_dim)
+        return self.o_proj(attn_output)
+
+
+class SmolLM2DecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block. GradientCheckpointingLayer recomputes it in backward once checkpointing is enabled, and then
+    drops the `cache` keyword, so hidden_states must stay positional and the cache a keyword."""
+
+    def __init__(self, config: SmolLM2Config, layer_idx: int):
+        super().__init__()
+        self.self_attn = SmolLM2Attention(config, layer_idx)
+        self.mlp = SmolLM2MLP(config)
+        self.input_layernorm = SmolLM2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = SmolLM2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        hidden_states = residual + self.self_attn(hidden_states, position_embeddings, attention_mask, cache)
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        return residual + self.mlp(hidden_states)
+
+
+class SmolLM2PreTrainedModel(PreTrainedModel):
+    config_class = SmolLM2Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SmolLM2DecoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, SmolLM2RMSNorm):
+            nn.init.ones_(module.weight)
+
+
+def causal_attention_mask(
+    attention_mask: torch.Tensor | None, query_length: int, past_length: int
+) -> torch.Tensor | None:
+    """Boolean (batch, 1, query_length, past_length + query_length) mask, True where a query may attend.
+
+    attention_mask is the 2D (batch, past_length + query_length) padding mask, 1 for real tokens. Returns None when
+    plain causal attention over the last query_length positions is exact (no padding, and no cached tokens before
+    a multi-token query), which lets SDPA use is_causal.
+    """
+    # A CPU-GPU sync point, paid once per forward: an all-ones mask (packed training batches) would otherwise
+    # force the masked, slower SDPA kernels.
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    if attention_mask is None and (past_length == 0 or query_length == 1):
+        return None
+    device = attention_mask.device if attention_mask is not None else None
+    key_length = past_length + query_length
+    query_positions = torch.arange(past_length, key_length, device=device)[:, None]
+    key_positions = torch.arange(key_length, device=device)[None, :]
+    mask = key_positions <= query_positions  # (query_length, key_length)
+    if attention_mask is not None:
+        # A left-padded query would see only padding, an all-False row that makes softmax NaN and spreads through
+        # the values of later layers. Letting every query see itself keeps those rows finite; their outputs are
+        # never read.
+        mask = mask & (attention_mask[:, None, None, :].bool() | (key_positions == query_positions))
+    return mask.expand(attention_mask.shape[0] if attention_mask is not None else 1, 1, -1, -1)
+
+
+class SmolLM2Model(SmolLM2PreTrainedModel):
+    def __init__(self, config: SmolLM2Config):
+        super().__init__(config)
+        # No padding_idx, unlike Llama's embedding: it would freeze the gradient of the pad token's row, and the
+        # GGUF/Instruct configs name a real token (<|im_end|>) as pad.
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            [SmolLM2DecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = SmolLM2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = SmolLM2RotaryEmbedding(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """attention_mask: (batch, cached + new tokens), 1 for real tokens and 0 for (left) padding.
+
+        position_ids default to positions after the cached tokens; with left padding pass them (generate() does,
+        from the attention mask) so that every row starts at 0.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+            raise ValueError("SmolLM2 returns neither attentions nor per-layer hidden states")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        # A training forward never reads a cache back, and filling one copies every layer's keys and values.
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+
+        past_length = cache.get_seq_length() if cache is not None else 0
+        query_length = inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + query_length, device=inputs_embeds.device)[None]
+
+        mask = causal_attention_mask(attention_mask, query_length, past_length)
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+
+        hidden_states = inputs_embeds
+        for decoder_layer in self.layers:
+            hidden_states = decoder_layer(
+                hidden_states, position_embeddings=position_embeddings, attention_mask=mask, cache=cache
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+
+
+class SmolLM2LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden_states @ weight.T` against labels, `chunk_size` tokens at a time.
+
+    Each chunk's logits (upcast to fp32, as in transformers' causal-LM loss) live only while that chunk is
+    processed, and their gradient is taken right there: softmax minus one-hot, multiplied into the hidden-state and
+    weight gradients. Backward only scales the stored gradients, so nothing is recomputed and the (tokens, vocab)
+    logits never exist at once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states, weight, labels, chunk_size):
+        # hidden_states: (tokens, hidden), weight: (vocab, hidden), labels: (tokens,)
+        needs_hidden_grad, needs_weight_grad = ctx.needs_input_grad[:2]
+        loss = torch.zeros((), dtype=torch.float32, device=hidden_states.device)
+        grad_hidden = torch.empty_like(hidden_states) if needs_hidden_grad else None
+        grad_weight = None
+        for start in range(0, hidden_states.shape[0], chunk_size):
+            hidden_chunk = hidden_states[start : start + chunk_size]
+            label_chunk = labels[start : start + chunk_size]
+            keep = (label_chunk != IGNORE_INDEX).unsqueeze(1)  # (chunk, 1)
+            target = label_chunk.clamp(min=0).unsqueeze(1)  # any valid index on ignored rows; they are masked
+            log_probs = F.linear(hidden_chunk, weight).float().log_softmax(dim=-1)  # (chunk, vocab)
+            loss -= log_probs.gather(1, target).masked_fill_(~keep, 0.0).sum()
+            if not (needs_hidden_grad or needs_weight_grad):
+                continue
+            # d(summed CE)/d(logits) = softmax - one_hot(label), built in place. Ignored rows are zeroed through
+            # the (chunk, hidden) factors below rather than in this (chunk, vocab) tensor: the same result, cheaper.
+            grad_logits = log_probs.exp_()
+            grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
+            grad_logits = grad_logits.to(weight.dtype)
+            if needs_hidden_grad:
+                grad_hidden[start : start + chunk_size] = (grad_logits @ weight).masked_fill_(~keep, 0.0)
+            if needs_weight_grad:
+                chunk_grad_weight = grad_logits.t() @ hidden_chunk.masked_fill(~keep, 0.0)  # (vocab, hidden)
+                # summed in fp32: adding many chunks' bf16 products would round away the small ones
+                grad_weight = chunk_grad_weight.float() if grad_weight is None else grad_weight.add_(chunk_grad_weight)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_loss
+        if grad_weight is not None:
+            grad_weight = grad_weight * grad_loss
+        return grad_hidden, grad_weight, None, None
+
+
+class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SmolLM2Config):
+        super().__init__(config)
+        self.model = SmolLM2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """labels: (batch, seq) token ids, -100 where no loss is taken; shifted inside (position t predicts t+1).
+
+        With labels the loss is the token-mean cross-entropy, or the token sum divided by `num_items_in_batch` when
+        the Trainer passes it (gradient accumulation), as transformers' causal-LM loss; `logits` is then None,
+        because the chunked loss never holds them. Without labels, logits are returned for the last
+        `logits_to_keep` positions (0 = all), so that generate() projects only the last one.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+
+        loss = logits = None
+        if labels is not None:
+            loss = self.causal_lm_loss(hidden_states, labels, num_items_in_batch)
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, keep, :])
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+    def causal_lm_loss(
+        self,
+        hidden_states: torch.Tensor,
+        labels: torch.LongTensor,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """Shifted cross-entropy of lm_head(hidden_states) against labels, without materialising the logits."""
+        # Shift by padding the labels rather than slicing the hidden states: no copy of the activations.
+        shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)  # (batch * seq,)
+        hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])  # (batch * seq, hidden)
+        loss_sum = SmolLM2LinearCrossEntropy.apply(
+            hidden_states, self.lm_head.weight, shift_labels.to(hidden_states.device), self.config.loss_chunk_size
+        )
+        if num_items_in_batch is None:
+            num_items_in_batch = (shift_labels != IGNORE_INDEX).sum()
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss_sum.device)
+        return loss_sum / num_items_in_batch
+
+
+__all__ = ["SmolLM2PreTrainedModel", "SmolLM2Model", "SmolLM2ForCausalLM"]
+
+
+# save_pretrained then writes `auto_map` into config.json and copies both .py files, so the saved folder loads
+# anywhere with trust_remote_code=True.
+SmolLM2Config.register_for_auto_class()
+SmolLM2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+# Importing this module is the one way to use the classes locally, so it also maps model_type "smollm2" for the
+# Auto classes (no trust_remote_code needed in this process); exist_ok because the Hub copy registers itself too.
+AutoConfig.register("smollm2", SmolLM2Config, exist_ok=True)
+AutoModelForCausalLM.register(SmolLM2Config, SmolLM2ForCausalLM, exist_ok=True)

@@ -1,0 +1,394 @@
+"""Pretrain (or continue pretraining) SmolLM2 with the Hugging Face Trainer on a streamed corpus.
+
+    python run_pretrain.py                                  # the reference recipe: SmolLM2-135M, cosmopedia-v2
+    python run_pretrain.py configs/demo.yaml                # a config file (YAML or JSON) ...
+    python run_pretrain.py configs/demo.yaml --max_steps 50 # ... with flags after it overriding it
+    python run_pretrain.py --help
+
+Started again on an `output_dir` that holds checkpoints, it resumes from the newest complete one (data
+position, optimizer, scheduler and random state included). `--max_steps 5050` after a finished 5000-step
+run trains exactly steps 5001-5050 (see README, "Resuming and extending").
+"""
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import torch
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, default_data_collator, set_seed
+from transformers.utils import logging as hf_logging
+
+from callbacks import GenerationSamplesCallback, JsonlLogCallback, SigtermCallback
+from checkpoints import checkpoint_problem, newest_valid_checkpoint
+from configuration_smollm2 import SmolLM2Config
+from data import build_datasets
+from modeling_smollm2 import SmolLM2ForCausalLM
+from throughput import device_peak_flops, flops_per_token
+from trainer import NonFiniteLossError, PretrainingTrainer
+
+DEFAULT_PROMPTS = ["Once upon a time,", "The capital of France is", "Photosynthesis is the process"]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Start from these weights (continued pretraining): a SmolLM2 or Llama-format folder or Hub id. "
+                "Default: train from scratch."})
+    gguf_file: str | None = field(default=None, metadata={
+        "help": "With --model_name_or_path FOLDER: the .gguf file in it to start from (dequantized)."})
+    config_name: str | None = field(default=None, metadata={
+        "help": "Model config (folder, Hub id or config.json) when training from scratch. Default: SmolLM2-135M."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "Override config fields when training from scratch, e.g. "
+                "'num_hidden_layers=2,hidden_size=64,intermediate_size=128'."})
+    tokenizer_name: str = field(default="HuggingFaceTB/SmolLM2-135M", metadata={
+        "help": "Tokenizer: Hub id or local folder. From scratch, the model's vocabulary follows it."})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "Attention backend: 'sdpa' (fast kernels) or 'eager' (exact reference).",
+        "choices": ["sdpa", "eager"]})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str = field(default="HuggingFaceTB/smollm-corpus", metadata={"help": "Hub dataset to stream."})
+    dataset_config_name: str | None = field(default="cosmopedia-v2", metadata={"help": "Its configuration."})
+    train_file: str | None = field(default=None, metadata={
+        "help": "Local training data (jsonl/json/parquet/csv/txt) instead of the Hub dataset; same streaming path."})
+    validation_file: str | None = field(default=None, metadata={
+        "help": "Local validation data. Default: hold out the first --validation_documents documents."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the documents' text."})
+    block_size: int = field(default=2048, metadata={"help": "Tokens per packed training sample."})
+    streaming: bool = field(default=True, metadata={
+        "help": "Stream the data (no download or Arrow conversion before training)."})
+    validation_documents: int = field(default=1000, metadata={
+        "help": "Without --validation_file: documents held out from the start of the stream (never trained on)."})
+    max_eval_samples: int = field(default=128, metadata={"help": "At most this many packed blocks per evaluation."})
+
+    def __post_init__(self):
+        problems = []
+        if self.block_size <= 0:
+            problems.append(f"block_size must be positive, got {self.block_size}")
+        if self.validation_documents < 0:
+            problems.append(f"validation_documents must be >= 0, got {self.validation_documents}")
+        if self.max_eval_samples <= 0:
+            problems.append(f"max_eval_samples must be positive, got {self.max_eval_samples}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class PretrainingArguments(TrainingArguments):
+    """TrainingArguments with the SmolLM2 reference recipe as defaults, plus generation samples.
+
+    Warmup: linear over the first 10% of max_steps (500 of the 5000-step recipe), then linear decay to
+    0 at max_steps. The official run warmed up 2000 of 2M steps at this peak lr; a short run needs a
+    relatively longer warmup to stay stable at lr 3e-3, and a fraction keeps short test runs' shape.
+    """
+
+    output_dir: str = field(default="smollm2-135m", metadata={"help": "Where checkpoints, logs and the model go."})
+    max_steps: int = field(default=5000, metadata={"help": "Optimizer steps (a stream has no epochs)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Sequences per device per micro-step."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per device in evaluation."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Linear warmup then linear decay to 0."})
+    warmup_steps: float = field(default=0.1, metadata={
+        "help": "Linear warmup: steps, or a fraction of max_steps when below 1 (default 0.1: 500 of 5000)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (norms and biases excluded)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    logging_steps: float = field(default=10, metadata={"help": "Log (print and training_log.jsonl) every N steps."})
+    save_steps: float = field(default=1000, metadata={"help": "Save a checkpoint every N steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "Evaluate every eval_steps."})
+    eval_steps: float = field(default=500, metadata={"help": "Evaluate every N steps."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 autocast (fp32 master weights and gradients). Default: on where the device supports it."})
+    dataloader_num_workers: int | None = field(default=None, metadata={
+        "help": "DataLoader worker processes. Default: 2 on CUDA, 0 elsewhere."})
+    ignore_data_skip: bool = field(default=True, metadata={
+        "help": "Kept True: the data position is restored from the checkpoint, nothing is re-read."})
+    generation_steps: int = field(default=500, metadata={"help": "Print and save generation samples every N steps (0: never)."})
+    generation_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={
+        "help": "Fixed prompts for the generation samples."})
+    generation_max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
+    max_nonfinite_steps: int = field(default=5, metadata={
+        "help": "Stop after this many consecutive steps with a NaN/Inf loss or gradient norm (each is skipped)."})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "Device peak TFLOP/s for MFU. Default: known GPUs' dense bf16 peak, measured matmul rate on CPU."})
+    traceback: bool = field(default=False, metadata={"help": "Show the full traceback on errors."})
+
+    def __post_init__(self):
+        problems = []
+        for name in ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "learning_rate",
+                     "gradient_accumulation_steps"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("save_steps", "eval_steps", "logging_steps"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.generation_steps < 0 or self.generation_max_new_tokens <= 0:
+            problems.append(f"generation_steps must be >= 0 and generation_max_new_tokens positive, got "
+                            f"{self.generation_steps} and {self.generation_max_new_tokens}")
+        if self.max_nonfinite_steps <= 0:
+            problems.append(f"max_nonfinite_steps must be positive, got {self.max_nonfinite_steps}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        cuda = torch.cuda.is_available() and not self.use_cpu
+        if self.bf16 is None:
+            self.bf16 = cuda and torch.cuda.is_bf16_supported()
+        if self.dataloader_num_workers is None:
+            self.dataloader_num_workers = 2 if cuda else 0
+        self.dataloader_pin_memory = self.dataloader_pin_memory and cuda  # pinning only helps host-to-GPU copies
+        super().__post_init__()
+
+
+class ArgumentError(ValueError):
+    pass
+
+
+class OneLineParser(HfArgumentParser):
+    """argparse prints the whole usage before an error; one line naming the problem is enough."""
+
+    def error(self, message):
+        raise ArgumentError(message)
+
+
+def config_file_argv(path: str) -> list[str]:
+    """A YAML/JSON config file as command-line flags, so that flags given after it override it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ArgumentError(f"cannot read config file {path}: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise ArgumentError(f"config file {path} must hold a mapping of option: value, got {type(values).__name__}")
+    argv = []
+    for key, value in values.items():
+        values_list = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v) for v in values_list)]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = config_file_argv(argv[0]) + argv[1:]
+    parser = OneLineParser((ModelArguments, DataArguments, PretrainingArguments))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """The Hub clients retry an unreachable host for most of a minute; a short connect tells at once."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def is_local(name: str) -> bool:
+    return os.path.exists(name) or name.startswith((".", "/", "~"))
+
+
+def from_hub_or_local(load, name: str, what: str, **kwargs):
+    """Call `load(name)`, turning failures into one-line errors that say what to do offline."""
+    local = is_local(name)
+    if not local and not hub_reachable():
+        kwargs["local_files_only"] = True  # use the Hub cache if it has it, fail at once otherwise
+    try:
+        return load(name, **kwargs)
+    except (OSError, ValueError) as err:
+        if local:
+            raise ArgumentError(f"cannot load {what} from {name}: {str(err).splitlines()[0]}") from None
+        raise ArgumentError(
+            f"cannot load {what} {name!r}: the network or the Hugging Face Hub is unavailable and it is not in "
+            f"the local cache; pass a local folder instead (e.g. --tokenizer_name assets/smollm2_tokenizer)"
+        ) from None
+
+
+def load_tokenizer(model_args: ModelArguments):
+    return from_hub_or_local(AutoTokenizer.from_pretrained, model_args.tokenizer_name, "tokenizer")
+
+
+def apply_overrides(config: SmolLM2Config, overrides: str) -> SmolLM2Config:
+    """'k=v,k=v' onto `config`, each value parsed as the type of the field it replaces; the result is
+    validated again (shapes that don't divide, non-positive sizes ...)."""
+    values = config.to_dict()
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise ArgumentError(f"config_overrides entry {item!r} is not key=value")
+        if key not in values:
+            raise ArgumentError(f"config_overrides: unknown config field {key!r}")
+        values[key] = parse_like(values[key], raw, key)
+    if "head_dim=" not in overrides:
+        values.pop("head_dim", None)  # derived from hidden_size and num_attention_heads
+    return SmolLM2Config(**values)
+
+
+def parse_like(current, raw: str, key: str):
+    if isinstance(current, bool):
+        if raw.lower() not in ("true", "false"):
+            raise ArgumentError(f"config_overrides: {key} must be true or false, got {raw!r}")
+        return raw.lower() == "true"
+    for kind in (int, float):
+        if isinstance(current, kind):
+            try:
+                return kind(raw)
+            except ValueError:
+                raise ArgumentError(f"config_overrides: {key} must be {kind.__name__}, got {raw!r}") from None
+    if current is None or isinstance(current, str):
+        return None if raw.lower() in ("none", "null") else raw
+    raise ArgumentError(f"config_overrides: {key} cannot be set from the command line")
+
+
+def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> SmolLM2Config:
+    if model_args.model_name_or_path:
+        if model_args.config_overrides:
+            raise ArgumentError("--config_overrides cannot change the shape of --model_name_or_path weights")
+        config = from_hub_or_local(SmolLM2Config.from_pretrained, model_args.model_name_or_path, "model config",
+                                   **({"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}))
+    elif model_args.config_name:
+        config = from_hub_or_local(SmolLM2Config.from_pretrained, model_args.config_name, "model config")
+    else:
+        config = SmolLM2Config()
+    if not model_args.model_name_or_path:
+        # from scratch the vocabulary follows the tokenizer, so every id has an embedding
+        config.vocab_size = len(tokenizer)
+        config.bos_token_id = tokenizer.bos_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        if model_args.config_overrides:
+            config = apply_overrides(config, model_args.config_overrides)
+    elif config.vocab_size < len(tokenizer):
+        raise ArgumentError(f"tokenizer {model_args.tokenizer_name} has {len(tokenizer)} tokens but the model's "
+                            f"vocabulary only {config.vocab_size}")
+    if data_args.block_size > config.max_position_embeddings:
+        raise ArgumentError(f"block_size {data_args.block_size} is above max_position_embeddings "
+                            f"{config.max_position_embeddings}")
+    config._attn_implementation = model_args.attn_implementation
+    return config
+
+
+def build_model(model_args: ModelArguments, config: SmolLM2Config) -> SmolLM2ForCausalLM:
+    if not model_args.model_name_or_path:
+        return SmolLM2ForCausalLM(config)
+    kwargs = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
+    # fp32 master weights: bf16 is autocast only
+    return from_hub_or_local(SmolLM2ForCausalLM.from_pretrained, model_args.model_name_or_path, "model",
+                             config=config, dtype=torch.float32, **kwargs)
+
+
+def check_output_dir(path: str) -> None:
+    """Fail before training if `path` cannot be written (tested by writing, which works for root too)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ArgumentError(f"output_dir {path} is not writable: {err.strerror or err}") from None
+
+
+def resume_checkpoint(training_args: PretrainingArguments) -> str | None:
+    """`--resume_from_checkpoint PATH` if given (it must be complete), else the newest complete checkpoint."""
+    if training_args.resume_from_checkpoint:
+        problem = checkpoint_problem(training_args.resume_from_checkpoint)
+        if problem:
+            raise ArgumentError(f"cannot resume from {training_args.resume_from_checkpoint}: {problem}")
+        return training_args.resume_from_checkpoint
+    return newest_valid_checkpoint(training_args.output_dir)
+
+
+def build_trainer(model_args, data_args, training_args, tokenizer, model, train_dataset, eval_dataset, checkpoint):
+    tokens_per_step = (data_args.block_size * training_args.per_device_train_batch_size
+                       * training_args.gradient_accumulation_steps * training_args.world_size)
+    if eval_dataset is None:
+        training_args.eval_strategy = "no"
+    callbacks = [
+        JsonlLogCallback(training_args.output_dir),
+        GenerationSamplesCallback(training_args.output_dir, training_args.generation_prompts,
+                                  training_args.generation_steps, training_args.generation_max_new_tokens),
+        SigtermCallback(),
+    ]
+    peak = device_peak_flops(training_args.device, torch.bfloat16 if training_args.bf16 else torch.float32,
+                             training_args.peak_tflops)
+    return PretrainingTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        processing_class=tokenizer, data_collator=default_data_collator, callbacks=callbacks, data_state_dir=checkpoint,
+        tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(model.config, data_args.block_size),
+        peak_flops=peak, max_nonfinite_steps=training_args.max_nonfinite_steps,
+    )
+
+
+def print_summary(model, data_args, training_args, trainer, checkpoint):
+    if not training_args.should_log:
+        return
+    world = training_args.world_size
+    global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
+    source = data_args.train_file or f"{data_args.dataset_name} ({data_args.dataset_config_name}, streamed)"
+    dtype = "bf16 autocast, fp32 weights" if training_args.bf16 else "fp32"
+    print(f"model: SmolLM2, {model.num_parameters():,} parameters, {model.config.num_hidden_layers} layers, "
+          f"hidden {model.config.hidden_size}, vocab {model.config.vocab_size}")
+    print(f"batch: {global_batch} sequences x {data_args.block_size} tokens = {global_batch * data_args.block_size:,} "
+          f"tokens/step (per device {training_args.per_device_train_batch_size} x grad accum "
+          f"{training_args.gradient_accumulation_steps} x {world} processes)")
+    print(f"device: {training_args.device} ({dtype}); data: {source}; output: {training_args.output_dir}")
+    print(f"Resuming from {os.path.basename(checkpoint)}" if checkpoint else "Starting from step 0", flush=True)
+
+
+def train(model_args, data_args, training_args) -> int:
+    set_seed(training_args.seed)
+    tokenizer = load_tokenizer(model_args)
+    config = build_config(model_args, data_args, tokenizer)
+    train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args.process_index,
+                                                 training_args.world_size)
+    checkpoint = resume_checkpoint(training_args)
+    check_output_dir(training_args.output_dir)  # inputs are all checked: from here on output_dir may change
+    model = build_model(model_args, config)
+    trainer = build_trainer(model_args, data_args, training_args, tokenizer, model, train_dataset, eval_dataset,
+                            checkpoint)
+    print_summary(model, data_args, training_args, trainer, checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    sigterm = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SigtermCallback))
+    if sigterm.received:
+        print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved. "
+              "Run the same command to resume.", flush=True)
+        return 0
+    model.config.use_cache = True  # the Trainer turns it off for training; users generate with the cache
+    trainer.save_model(training_args.output_dir)  # weights, config with auto_map, model code, tokenizer
+    if training_args.should_save:
+        print(f"Model saved to {training_args.output_dir}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv or bool(os.environ.get("SMOLLM2_TRACEBACK"))
+    hf_logging.set_verbosity_warning()
+    # torchdata 0.11 calls an API that torch deprecated; nothing for a user to act on
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+    try:
+        model_args, data_args, training_args = parse_args(argv)
+        return train(model_args, data_args, training_args)
+    except (ValueError, OSError, NonFiniteLossError) as err:
+        if show_traceback:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1 if isinstance(err, NonFiniteLossError) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

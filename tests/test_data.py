@@ -1,0 +1,133 @@
+"""data.py: streaming, tokenizing with EOS, packing, O(1) resume, hold-out, workers, bad files."""
+
+import itertools
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from conftest import write_jsonl
+from data import DataError, PackedDataset, build_datasets, load_text_stream, tokenize_stream
+
+
+def data_args(**kwargs):
+    values = dict(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None,
+                  text_column="text", block_size=64, streaming=True, validation_documents=0, max_eval_samples=8)
+    values.update(kwargs)
+    return SimpleNamespace(**values)
+
+
+def packed(files, tokenizer, block_size=64):
+    args = data_args(block_size=block_size)
+    return PackedDataset(tokenize_stream(load_text_stream(args, files), tokenizer, "text"), block_size)
+
+
+def doc_tokens(tokenizer, texts):
+    return [t for text in texts for t in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]]
+
+
+def test_packing_concatenates_documents_with_eos_and_no_padding(tmp_path, tokenizer):
+    texts = [f"Document {i}: " + "word " * (i % 37) for i in range(60)]
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    blocks = list(packed([path], tokenizer, block_size=32))
+    stream = doc_tokens(tokenizer, texts)
+    assert len(blocks) == len(stream) // 32  # only the final partial block is dropped
+    assert all(b["input_ids"].shape == (32,) and torch.equal(b["input_ids"], b["labels"]) for b in blocks)
+    assert torch.cat([b["input_ids"] for b in blocks]).tolist() == stream[: 32 * len(blocks)]
+    assert tokenizer.eos_token_id == 0 and stream.count(0) == len(texts)
+
+
+def test_resume_from_state_continues_mid_document(tmp_path, tokenizer):
+    texts = [("long document %d " % i) * 30 for i in range(40)]  # documents span several blocks
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    full = [b["input_ids"].tolist() for b in packed([path], tokenizer, 48)]
+    for cut in (1, 5, len(full) // 2):
+        first = packed([path], tokenizer, 48)
+        head = [b["input_ids"].tolist() for b in itertools.islice(first, cut)]
+        state = json.loads(json.dumps(first.state_dict()))  # it must survive serialisation
+        assert state["leftover"], "the cut should fall inside a document"
+        resumed = packed([path], tokenizer, 48)
+        resumed.load_state_dict(state)
+        assert head + [b["input_ids"].tolist() for b in resumed] == full
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_stateful_dataloader_workers_resume_exactly(tmp_path, tokenizer, num_workers):
+    files = [write_jsonl(tmp_path / f"part{k}.jsonl", [f"file {k} doc {i} " * (3 + i % 11) for i in range(50)])
+             for k in range(2)]
+
+    def loader():
+        return StatefulDataLoader(packed(files, tokenizer, 32), batch_size=4, num_workers=num_workers)
+
+    full = [batch["input_ids"] for batch in loader()]
+    assert len(full) > 6
+    tokens = sorted(torch.cat(full).flatten().tolist())
+    # every worker reads its own files: together they cover the corpus, nothing twice
+    assert len(tokens) >= len(doc_tokens(tokenizer, [json.loads(line)["text"] for f in files for line in open(f)])) - 2 * 32 * 4
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["input_ids"] for _ in range(3)]
+    state = first.state_dict()
+    del iterator
+    second = loader()
+    second.load_state_dict(state)
+    rest = [batch["input_ids"] for batch in second]
+    assert all(torch.equal(a, b) for a, b in zip(head + rest, full)) and len(head + rest) == len(full)
+
+
+def test_validation_is_held_out_from_the_start_of_the_stream(tmp_path, tokenizer):
+    texts = [f"unique document number {i} " * 8 for i in range(100)]
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    train, evaluation = build_datasets(data_args(train_file=path, validation_documents=10, block_size=16), tokenizer)
+    held_out = doc_tokens(tokenizer, texts[:10])
+    assert evaluation[0]["input_ids"].tolist() == held_out[:16]
+    first_train = next(iter(train))["input_ids"].tolist()
+    assert first_train == doc_tokens(tokenizer, texts[10:])[:16]
+
+
+def test_validation_file(corpus, tokenizer):
+    train_file, validation_file = corpus
+    train, evaluation = build_datasets(
+        data_args(train_file=train_file, validation_file=validation_file, block_size=128, max_eval_samples=5), tokenizer)
+    assert len(evaluation) == 5 and evaluation[0]["input_ids"].shape == (128,)
+    assert next(iter(train))["input_ids"].shape == (128,)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"text": "ok"}\n{"text": "broken"\n', r"invalid JSON in .*a\.jsonl at line 2"),
+    ('{"text": "ok"}\n{"body": "x", "id": 1}\n', r"text column 'text' not found in .*a\.jsonl line 2 \(columns: body, id\)"),
+    ("", r"data file is empty: .*a\.jsonl"),
+    ("\n\n", r"data file has no records: .*a\.jsonl"),
+    ('["not an object"]\n', r"invalid JSON in .*a\.jsonl at record 1: expected an object"),
+])
+def test_bad_json_files_are_named(tmp_path, content, expected):
+    path = tmp_path / "a.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=expected):
+        load_text_stream(data_args(), [str(path)])
+
+
+def test_missing_and_unsupported_files(tmp_path):
+    with pytest.raises(DataError, match=r"data file not found: .*nope\.jsonl"):
+        load_text_stream(data_args(), [str(tmp_path / "nope.jsonl")])
+    (tmp_path / "a.xml").write_text("<a/>")
+    with pytest.raises(DataError, match=r"unsupported data file type '\.xml'"):
+        load_text_stream(data_args(), [str(tmp_path / "a.xml")])
+
+
+def test_csv_parquet_and_text_files_stream_the_same_way(tmp_path, tokenizer):
+    import pandas as pd
+
+    texts = [f"row {i} of a table " * 5 for i in range(30)]
+    frame = pd.DataFrame({"id": range(30), "text": texts})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.to_parquet(tmp_path / "a.parquet")
+    (tmp_path / "a.txt").write_text("\n".join(texts) + "\n")
+    expected = [b["input_ids"].tolist() for b in packed([write_jsonl(tmp_path / "a.jsonl", texts)], tokenizer, 32)]
+    for name in ("a.csv", "a.parquet", "a.txt"):
+        assert [b["input_ids"].tolist() for b in packed([str(tmp_path / name)], tokenizer, 32)] == expected, name
+    frame.drop(columns="text").to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"text column 'text' not found in .*b\.parquet \(columns: id\)"):
+        load_text_stream(data_args(), [str(tmp_path / "b.parquet")])

@@ -1,0 +1,133 @@
+"""run_pretrain.py end to end: defaults, a real tiny run (log, schedule, eval, samples, checkpoints, final
+model), config files, resume and extend."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from apprun import losses, read_log, run_app, tiny_args
+from run_pretrain import parse_args
+
+
+def test_defaults_are_the_reference_recipe():
+    model_args, data_args, args = parse_args([])
+    assert model_args.model_name_or_path is None and model_args.tokenizer_name == "HuggingFaceTB/SmolLM2-135M"
+    assert (data_args.dataset_name, data_args.dataset_config_name) == ("HuggingFaceTB/smollm-corpus", "cosmopedia-v2")
+    assert data_args.streaming and data_args.block_size == 2048 and data_args.text_column == "text"
+    assert args.max_steps == 5000 and args.per_device_train_batch_size == 8
+    assert args.learning_rate == 3e-3 and args.lr_scheduler_type == "linear" and args.warmup_steps > 0
+    assert args.get_warmup_steps(5000) == 500
+    assert (args.weight_decay, args.max_grad_norm, args.adam_beta1, args.adam_beta2) == (0.01, 1.0, 0.9, 0.95)
+    assert args.save_steps == 1000 and args.eval_strategy == "steps" and args.eval_steps == 500
+    assert args.generation_steps == 500 and args.generation_prompts and args.generation_max_new_tokens > 0
+    assert args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def test_config_file_with_flags_overriding_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 77\nblock_size: 256\nlearning_rate: 0.001\ngeneration_prompts: [a b, c]\n")
+    _, data_args, args = parse_args([str(config), "--max_steps", "12"])
+    assert (args.max_steps, data_args.block_size, args.learning_rate) == (12, 256, 1e-3)
+    assert args.generation_prompts == ["a b", "c"]
+    as_json = tmp_path / "run.json"
+    as_json.write_text(json.dumps({"max_steps": 5, "streaming": False}))
+    _, data_args, args = parse_args([str(as_json)])
+    assert args.max_steps == 5 and data_args.streaming is False
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, corpus):
+    output_dir = str(tmp_path_factory.mktemp("run"))
+    result = run_app(tiny_args(output_dir, *corpus))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return output_dir, result
+
+
+def test_tiny_run_logs_every_step_once_with_all_fields(finished_run):
+    output_dir, result = finished_run
+    rows = read_log(output_dir, "train")
+    assert [row["step"] for row in rows] == list(range(1, 31))
+    for row in rows:
+        for key in ("loss", "learning_rate", "grad_norm", "step_time", "tokens_per_second", "tokens_seen", "mfu"):
+            assert isinstance(row[key], float | int), (key, row)
+        assert row["tokens_seen"] == row["step"] * 4 * 64
+    assert "step 30/30 | loss" in result.stdout and "tok/s" in result.stdout
+
+
+def test_learning_rate_warms_up_then_decays_linearly(finished_run):
+    lrs = [row["learning_rate"] for row in read_log(finished_run[0], "train")]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < 10 and max(lrs) == pytest.approx(3e-3)
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))
+    decay = lrs[peak:]
+    steps = [b - a for a, b in zip(decay, decay[1:])]
+    assert all(step < 0 for step in steps) and max(steps) - min(steps) < 1e-9  # a straight line down
+
+
+def test_loss_falls_and_eval_rows_have_perplexity(finished_run):
+    output_dir, _ = finished_run
+    train = losses(output_dir)
+    assert sum(train[s] for s in range(26, 31)) / 5 < sum(train[s] for s in range(1, 6)) / 5 - 1.0
+    evals = read_log(output_dir, "eval")
+    assert [row["step"] for row in evals] == [10, 20, 30]
+    for row in evals:
+        assert row["perplexity"] == pytest.approx(torch.tensor(row["eval_loss"]).exp().item(), rel=1e-5)
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+
+
+def test_samples_and_checkpoints(finished_run):
+    output_dir, result = finished_run
+    with open(os.path.join(output_dir, "samples.jsonl"), encoding="utf-8") as f:
+        samples = [json.loads(line) for line in f]
+    assert sorted({row["step"] for row in samples}) == [10, 20, 30]
+    assert all(isinstance(row["text"], str) and row["prompt"] for row in samples)
+    assert "sample @ step 10" in result.stdout
+    assert sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-")) == [
+        "checkpoint-10", "checkpoint-20", "checkpoint-30"]
+
+
+def test_final_model_loads_with_remote_code_and_pipeline(finished_run, tmp_path):
+    output_dir, _ = finished_run
+    for name in ("model.safetensors", "config.json", "configuration_smollm2.py", "modeling_smollm2.py",
+                 "tokenizer.json", "tokenizer_config.json"):
+        assert os.path.isfile(os.path.join(output_dir, name)), name
+    config = json.load(open(os.path.join(output_dir, "config.json")))
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_smollm2.SmolLM2ForCausalLM"
+    assert config["use_cache"] is True
+    # a fresh process that cannot import the project
+    code = (
+        "import sys; from transformers import AutoModelForCausalLM, pipeline\n"
+        f"m = AutoModelForCausalLM.from_pretrained({output_dir!r}, trust_remote_code=True)\n"
+        "assert type(m).__name__ == 'SmolLM2ForCausalLM', type(m)\n"
+        f"p = pipeline('text-generation', model={output_dir!r}, trust_remote_code=True)\n"
+        "print(p('The for statement', max_new_tokens=5, do_sample=False)[0]['generated_text'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The for statement")
+
+
+def test_resume_and_extend_log_each_step_once(tmp_path, corpus):
+    output_dir = str(tmp_path / "run")
+    first = run_app(tiny_args(output_dir, *corpus, max_steps=20, generation_steps=0))
+    assert first.returncode == 0, first.stderr
+    assert "Starting from step 0" in first.stdout
+    extended = run_app(tiny_args(output_dir, *corpus, max_steps=25, generation_steps=0))
+    assert extended.returncode == 0, extended.stderr
+    assert "Resuming from checkpoint-20" in extended.stdout
+    assert "step 21/25 | loss" in extended.stdout and "step 20/25 | loss" not in extended.stdout
+    rows = read_log(output_dir, "train")
+    assert [row["step"] for row in rows] == list(range(1, 26))
+    # the extension follows the 25-step schedule: step 21 trains (lr > 0) and it decays linearly to step 25
+    lrs = [row["learning_rate"] for row in rows[20:]]
+    warmup = 3  # 10% of 25 steps, rounded up
+    assert lrs == pytest.approx([3e-3 * (25 - step) / (25 - warmup) for step in range(20, 25)])
+    assert [row["step"] for row in read_log(output_dir, "eval")] == [10, 20, 25]  # and at the end
+    assert os.path.isdir(os.path.join(output_dir, "checkpoint-25"))

@@ -1,0 +1,139 @@
+"""`PretrainingTrainer`: the HF Trainer plus what pretraining on a stream needs and it lacks.
+
+- O(1) data resume: the train DataLoader is torchdata's `StatefulDataLoader` (through accelerate's
+  `use_stateful_dataloader`); its state, which holds `PackedDataset`'s stream position and leftover
+  tokens, is saved in every checkpoint (one file per rank) and loaded on resume, instead of the
+  Trainer's default of re-reading and discarding every batch already seen.
+- Crash-safe checkpoints: a manifest is written last (see `checkpoints.py`), and old checkpoints are
+  rotated only after the new one is complete.
+- Non-finite steps: an update whose gradient norm is NaN/Inf is skipped (the weights stay as they were)
+  and counted; after `max_nonfinite_steps` in a row training stops with `NonFiniteLossError`.
+- Throughput in every training log row (step time, data wait, tokens/s, MFU, tokens seen), computed
+  from host timings, so no device sync is added for it.
+"""
+
+import math
+import os
+import time
+
+import torch
+import transformers
+from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
+
+from callbacks import ProgressBarCallback, ProgressLinesCallback, StepTimer
+from checkpoints import write_manifest
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def data_state_file(rank: int) -> str:
+    return f"data_state_rank{rank}.pt"
+
+
+class PretrainingTrainer(Trainer):
+    def __init__(self, *args, data_state_dir: str | None = None, tokens_per_step: int, flops_per_token: float,
+                 peak_flops: float | None, max_nonfinite_steps: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_state_dir = data_state_dir
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_in_a_row = 0
+        self.skipped_since_log = 0
+        # first in line, so that its step ends before samples are generated or checkpoints saved
+        self.step_timer = StepTimer()
+        self.callback_handler.callbacks.insert(0, self.step_timer)
+        # concise lines instead of the Trainer's raw log dicts
+        self.remove_callback(transformers.trainer_callback.ProgressCallback)
+        self.remove_callback(transformers.trainer_callback.PrinterCallback)
+        self.add_callback(ProgressLinesCallback if self.args.disable_tqdm else ProgressBarCallback)
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        # transformers' AcceleratorConfig does not expose this accelerate option
+        self.accelerator.dataloader_config.use_stateful_dataloader = True
+
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        if self.data_state_dir is not None:
+            path = os.path.join(self.data_state_dir, data_state_file(self.args.process_index))
+            dataloader.load_state_dict(torch.load(path, weights_only=False))
+        return dataloader
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        # The saved learning rate is the saved schedule's value for the next step. When max_steps grew
+        # (the recipe's +50 extension) that is the old schedule's final 0: take the new schedule's value,
+        # so step N+1 trains too. With an unchanged max_steps both are the same number.
+        scheduler = self.lr_scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            scheduler._last_lr = lrs
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        start = time.perf_counter()
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.step_timer.data_wait += time.perf_counter() - start
+        return batches
+
+    def _clip_grad_norm(self, model):
+        grad_norm = super()._clip_grad_norm(model)
+        # a device sync, once per step: the price of never applying a non-finite update
+        if math.isfinite(float(grad_norm)):
+            self.nonfinite_in_a_row = 0
+            return grad_norm
+        self.nonfinite_in_a_row += 1
+        self.skipped_since_log += 1
+        step = self.state.global_step + 1
+        print(f"warning: step {step}: non-finite loss or gradient norm ({float(grad_norm)}); update skipped "
+              f"({self.nonfinite_in_a_row} in a row)", flush=True)
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_a_row} non-finite steps in a row (up to step {step}); stopping. The last "
+                "valid checkpoint is intact: lower --learning_rate or check the data, then resume"
+            )
+        # AdamW leaves parameters without a gradient untouched: this step changes no weight or moment
+        model.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:
+            steps, compute, data_wait = self.step_timer.pop()
+            logs["tokens_seen"] = self.state.global_step * self.tokens_per_step
+            if steps:
+                step_time = (compute + data_wait) / steps
+                logs["step_time"] = step_time
+                logs["data_wait"] = data_wait / steps
+                logs["tokens_per_second"] = self.tokens_per_step / step_time
+                per_device = logs["tokens_per_second"] / self.args.world_size
+                logs["tokens_per_second_per_device"] = per_device
+                if self.peak_flops:
+                    logs["mfu"] = per_device * self.flops_per_token / self.peak_flops
+            if self.skipped_since_log:
+                logs["skipped_steps"] = self.skipped_since_log
+                self.skipped_since_log = 0
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        # rotate only once the new checkpoint is complete, so that a crash mid-save can never leave
+        # fewer valid checkpoints than save_total_limit promises
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        checkpoint = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        dataloader = self.callback_handler.train_dataloader
+        os.makedirs(checkpoint, exist_ok=True)
+        torch.save(dataloader.state_dict(), os.path.join(checkpoint, data_state_file(self.args.process_index)))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            write_manifest(checkpoint)
+            rotate_checkpoints(output_dir=self._get_output_dir(trial), save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
