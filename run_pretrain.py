@@ -181,7 +181,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = config_file_argv(argv[0]) + argv[1:]
     parser = OneLineParser((ModelArguments, DataArguments, PretrainingArguments))
-    return parser.parse_args_into_dataclasses(args=argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise ArgumentError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+    return tuple(parsed)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

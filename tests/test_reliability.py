@@ -1,0 +1,242 @@
+"""Crash safety and bad input, with real runs: SIGKILL and exact resume, SIGTERM, a corrupt newest
+checkpoint, non-finite steps, and one-line errors that leave output_dir untouched."""
+
+import hashlib
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import run_pretrain
+from apprun import losses, read_log, run_app, start_app, tiny_args
+from checkpoints import checkpoint_problem
+from trainer import NonFiniteLossError
+
+
+def wait_for_step(output_dir, step, process, timeout=300):
+    """Block until the training log has a row at `step` or beyond."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if any(row["step"] >= step for row in read_log(output_dir, "train")):
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"no step {step} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, corpus):
+    """An uninterrupted 16-step run to compare resumed runs against."""
+    output_dir = str(tmp_path_factory.mktemp("baseline"))
+    result = run_app(tiny_args(output_dir, *corpus, max_steps=16, save_steps=4, eval_steps=8, generation_steps=8))
+    assert result.returncode == 0, result.stderr
+    return losses(output_dir)
+
+
+def test_sigkill_then_restart_resumes_exactly(tmp_path, corpus, baseline):
+    output_dir = str(tmp_path / "run")
+    argv = tiny_args(output_dir, *corpus, max_steps=16, save_steps=4, eval_steps=8, generation_steps=8)
+    process = start_app(argv)
+    wait_for_step(output_dir, 7, process)  # past checkpoint-4, before checkpoint-8
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run_app(argv)
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from checkpoint-" in result.stdout
+    resumed = losses(output_dir)
+    assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 17))  # each step once
+    assert resumed == pytest.approx(baseline, abs=1e-4)
+
+
+def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path, corpus):
+    output_dir = str(tmp_path / "run")
+    argv = tiny_args(output_dir, *corpus, max_steps=500, save_steps=1000, generation_steps=0, eval_steps=1000)
+    process = start_app(argv)
+    wait_for_step(output_dir, 3, process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    last = read_log(output_dir, "train")[-1]["step"]
+    checkpoint = os.path.join(output_dir, f"checkpoint-{last}")
+    assert checkpoint_problem(checkpoint) is None
+    assert f"Stopped by SIGTERM at step {last}" in output
+    assert not os.path.exists(os.path.join(output_dir, "model.safetensors"))  # no final model: not finished
+    result = run_app(argv[:argv.index("--max_steps")] + ["--max_steps", str(last + 2)] + argv[argv.index("--max_steps") + 2:])
+    assert result.returncode == 0, result.stderr
+    assert f"Resuming from checkpoint-{last}" in result.stdout
+    assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, last + 3))
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "garble_state", "no_manifest"])
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path, corpus, damage):
+    output_dir = str(tmp_path / "run")
+    argv = tiny_args(output_dir, *corpus, max_steps=12, save_steps=4, eval_steps=8, generation_steps=8)
+    assert run_app(argv).returncode == 0
+    newest = os.path.join(output_dir, "checkpoint-12")
+    if damage == "truncate_weights":
+        path = os.path.join(newest, "model.safetensors")
+        os.truncate(path, os.path.getsize(path) // 2)
+    elif damage == "garble_state":
+        path = os.path.join(newest, "trainer_state.json")
+        size = os.path.getsize(path)
+        with open(path, "w") as f:
+            f.write("x" * size)
+    else:
+        os.remove(os.path.join(newest, "checkpoint_manifest.json"))
+    result = run_app(argv[:argv.index("--max_steps")] + ["--max_steps", "16"] + argv[argv.index("--max_steps") + 2:])
+    assert result.returncode == 0, result.stderr
+    assert "skipping checkpoint-12" in result.stdout and "Resuming from checkpoint-8" in result.stdout
+    assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 17))
+
+
+class PoisonWeights(TrainerCallback):
+    """Makes the steps in `steps` produce NaN gradients (a stand-in for a bad batch or a hardware fault),
+    restoring the weights after each when `transient`."""
+
+    def __init__(self, steps, transient):
+        self.steps, self.transient, self.saved = steps, transient, None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 in self.steps:
+            weight = model.model.norm.weight
+            self.saved = weight.detach().clone()
+            weight.data[0] = float("nan")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.transient and self.saved is not None:
+            model.model.norm.weight.data.copy_(self.saved)
+            self.saved = None
+
+
+class Snapshot(TrainerCallback):
+    """The weights at the start of every step, keyed by the steps done before it."""
+
+    def __init__(self):
+        self.weights = {}
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def in_process_trainer(output_dir, corpus, callbacks, **overrides):
+    model_args, data_args, args = run_pretrain.parse_args(tiny_args(output_dir, *corpus, **overrides))
+    tokenizer = run_pretrain.load_tokenizer(model_args)
+    config = run_pretrain.build_config(model_args, data_args, tokenizer)
+    train, evaluation = run_pretrain.build_datasets(data_args, tokenizer)
+    model = run_pretrain.build_model(model_args, config)
+    trainer = run_pretrain.build_trainer(model_args, data_args, args, tokenizer, model, train, evaluation, None)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer
+
+
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, corpus, capsys):
+    snapshot = Snapshot()  # before the poison, so that it sees clean weights
+    trainer = in_process_trainer(str(tmp_path / "run"), corpus, [snapshot, PoisonWeights({4}, transient=True)],
+                                 max_steps=8, save_steps=3, generation_steps=0, eval_steps=100)
+    trainer.train()
+    before = snapshot.weights
+    rows = {row["step"]: row for row in read_log(str(tmp_path / "run"), "train")}
+    assert sorted(rows) == list(range(1, 9)) and rows[4]["skipped_steps"] == 1 and rows[4]["grad_norm"] is None
+    assert "step 4: non-finite" in capsys.readouterr().out
+    # step 4 changed nothing (weights and hence step 5's start equal step 4's start); step 5 trained again
+    assert all(torch.equal(before[3][n], before[4][n]) for n in before[3])
+    assert not all(torch.equal(before[4][n], before[5][n]) for n in before[4])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_persistent_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path, corpus):
+    output_dir = str(tmp_path / "run")
+    trainer = in_process_trainer(output_dir, corpus, [PoisonWeights(set(range(4, 100)), transient=False)],
+                                 max_steps=20, save_steps=3, generation_steps=0, eval_steps=100, max_nonfinite_steps=3)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
+        trainer.train()
+    checkpoint = os.path.join(output_dir, "checkpoint-3")
+    assert checkpoint_problem(checkpoint) is None
+    assert all(torch.isfinite(t).all() for t in load_file(os.path.join(checkpoint, "model.safetensors")).values())
+    assert not os.path.exists(os.path.join(output_dir, "checkpoint-6"))
+
+
+# ---- bad input: a one-line error naming the problem, exit code 2, output_dir untouched ----
+
+def tree_digest(folder):
+    digest = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            digest[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return digest
+
+
+@pytest.fixture
+def existing_output(tmp_path):
+    output_dir = tmp_path / "out"
+    (output_dir / "checkpoint-7").mkdir(parents=True)
+    (output_dir / "checkpoint-7" / "trainer_state.json").write_text('{"global_step": 7}')
+    (output_dir / "training_log.jsonl").write_text('{"type": "train", "step": 1, "loss": 1.0}\n')
+    return str(output_dir)
+
+
+def bad_file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing file": (lambda t, c: ["--train_file", str(t / "nope.jsonl")], r"data file not found: .*nope\.jsonl"),
+    "empty file": (lambda t, c: ["--train_file", bad_file(t, "e.jsonl", "")], r"data file is empty: .*e\.jsonl"),
+    "invalid json line": (lambda t, c: ["--train_file", bad_file(t, "b.jsonl", '{"text": "a"}\n{"text": \n')],
+                          r"invalid JSON in .*b\.jsonl at line 2"),
+    "missing text column": (lambda t, c: ["--train_file", bad_file(t, "m.jsonl", '{"body": "a", "id": 1}\n')],
+                            r"text column 'text' not found in .*m\.jsonl line 1 \(columns: body, id\)"),
+    "unknown override": (lambda t, c: ["--config_overrides", "hidden_sise=64"], r"unknown config field 'hidden_sise'"),
+    "ill-typed override": (lambda t, c: ["--config_overrides", "num_hidden_layers=two"],
+                           r"num_hidden_layers must be int, got 'two'"),
+    "shapes that don't divide": (lambda t, c: ["--config_overrides", "hidden_size=66,num_attention_heads=4"],
+                                 r"hidden_size=66 must be divisible by num_attention_heads=4"),
+    "block_size zero": (lambda t, c: ["--block_size", "0"], r"block_size must be positive, got 0"),
+    "block_size too long": (lambda t, c: ["--block_size", "9000"], r"block_size 9000 is above max_position_embeddings 8192"),
+    "learning rate": (lambda t, c: ["--learning_rate", "-1"], r"learning_rate must be positive, got -1"),
+    "batch size": (lambda t, c: ["--per_device_train_batch_size", "0"], r"per_device_train_batch_size must be positive, got 0"),
+    "steps": (lambda t, c: ["--max_steps", "0"], r"max_steps must be positive, got 0"),
+    "ill-typed flag": (lambda t, c: ["--max_steps", "ten"], r"max_steps.*'ten'"),
+    "unknown flag": (lambda t, c: ["--no_such_flag", "1"], r"unrecognized arguments: --no_such_flag"),
+    "tokenizer path": (lambda t, c: ["--tokenizer_name", str(t / "no_tokenizer")], r"cannot load tokenizer from .*no_tokenizer"),
+    "tokenizer offline": (lambda t, c: ["--tokenizer_name", "HuggingFaceTB/SmolLM2-135M"],
+                          r"tokenizer 'HuggingFaceTB/SmolLM2-135M'.*network or the Hugging Face Hub is unavailable"),
+    "dataset offline": (lambda t, c: ["--train_file", "", "--dataset_name", "HuggingFaceTB/smollm-corpus"],
+                        r"dataset 'HuggingFaceTB/smollm-corpus'.*network or the Hugging Face Hub is unavailable.*--train_file"),
+    "output_dir not writable": (lambda t, c: ["--output_dir", os.path.join(bad_file(t, "f", "x"), "sub")],
+                                r"output_dir .*f/sub is not writable"),
+    "incomplete resume checkpoint": (lambda t, c: ["--resume_from_checkpoint", str(t / "out" / "checkpoint-7")],
+                                     r"cannot resume from .*checkpoint-7: no manifest"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_in_one_line_and_changes_nothing(case, tmp_path, corpus, existing_output, capsys):
+    extra, pattern = BAD_INPUTS[case]
+    argv = tiny_args(existing_output, *corpus) + extra(tmp_path, corpus)
+    before = tree_digest(existing_output)
+    assert run_pretrain.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+    assert tree_digest(existing_output) == before
+
+
+@pytest.mark.parametrize("content", ["max_steps: [1, 2\n", "- just\n- a list\n"])
+def test_malformed_config_file(tmp_path, content):
+    path = bad_file(tmp_path, "bad.yaml", content)
+    result = run_app([path])
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "bad.yaml" in result.stderr, result.stderr
