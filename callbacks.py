@@ -188,6 +188,23 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     return texts
 
 
+class CurvesCallback(TrainerCallback):
+    """Redraws `training_curves.png` from the log at every evaluation and checkpoint (main process)."""
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.draw(args, state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.draw(args, state)
+
+    @staticmethod
+    def draw(args, state):
+        from plot_training_log import plot_training_log  # matplotlib only once a plot is due
+
+        if state.is_world_process_zero and os.path.exists(os.path.join(args.output_dir, TRAINING_LOG)):
+            plot_training_log(args.output_dir)
+
+
 class SigtermCallback(TrainerCallback):
     """On SIGTERM (preemption), finish the current optimizer step, save a checkpoint and stop.
 

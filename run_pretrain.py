@@ -24,11 +24,13 @@ import yaml
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, default_data_collator, set_seed
 from transformers.utils import logging as hf_logging
 
-from callbacks import GenerationSamplesCallback, JsonlLogCallback, SigtermCallback
+from callbacks import CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, SigtermCallback
 from checkpoints import checkpoint_problem, newest_valid_checkpoint
 from configuration_smollm2 import SmolLM2Config
 from data import build_datasets
+from model_card import write_model_card
 from modeling_smollm2 import SmolLM2ForCausalLM
+from plot_training_log import plot_training_log
 from throughput import device_peak_flops, flops_per_token
 from trainer import NonFiniteLossError, PretrainingTrainer
 
@@ -323,6 +325,7 @@ def build_trainer(model_args, data_args, training_args, tokenizer, model, train_
         JsonlLogCallback(training_args.output_dir),
         GenerationSamplesCallback(training_args.output_dir, training_args.generation_prompts,
                                   training_args.generation_steps, training_args.generation_max_new_tokens),
+        CurvesCallback(),
         SigtermCallback(),
     ]
     peak = device_peak_flops(training_args.device, torch.bfloat16 if training_args.bf16 else torch.float32,
@@ -372,8 +375,31 @@ def train(model_args, data_args, training_args) -> int:
     model.config.use_cache = True  # the Trainer turns it off for training; users generate with the cache
     trainer.save_model(training_args.output_dir)  # weights, config with auto_map, model code, tokenizer
     if training_args.should_save:
+        write_report(model, data_args, training_args)
         print(f"Model saved to {training_args.output_dir}", flush=True)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message=f"SmolLM2 pretraining: step {trainer.state.global_step}")
+        print(f"Pushed to the Hub: {training_args.hub_model_id}", flush=True)
     return 0
+
+
+RECIPE_KEYS = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+               "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2",
+               "adam_epsilon", "bf16", "seed")
+
+
+def write_report(model, data_args, training_args) -> None:
+    """The final training curves and the model card (README.md) beside the saved model."""
+    output_dir = training_args.output_dir
+    plot_training_log(output_dir)
+    source = (f"local files: {data_args.train_file}" if data_args.train_file
+              else f"`{data_args.dataset_name}` ({data_args.dataset_config_name}), streamed")
+    recipe = {key: getattr(training_args, key) for key in RECIPE_KEYS}
+    recipe.update(block_size=data_args.block_size, world_size=training_args.world_size)
+    write_model_card(output_dir, model_config=model.config, num_parameters=model.num_parameters(),
+                     data_description=f"{source}; documents tokenized with EOS between them and packed into "
+                                      f"{data_args.block_size}-token sequences.",
+                     training_args=recipe, hub_model_id=training_args.hub_model_id)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,9 @@ class PretrainingTrainer(Trainer):
             dataloader.load_state_dict(torch.load(path, weights_only=False))
         return dataloader
 
+    def create_model_card(self, *args, **kwargs):
+        """The app writes its own model card (model_card.py); the Trainer's would overwrite it on push."""
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         # The saved learning rate is the saved schedule's value for the next step. When max_steps grew

