@@ -60,11 +60,11 @@ class SmolLM2Config(PretrainedConfig):
             Llama's bias switch for q/k/v/o. SmolLM2 has no biases, so only `False` is accepted.
         mlp_bias (`bool`, *optional*, defaults to `False`):
             Llama's bias switch for the feed-forward layer. Only `False` is accepted, for the same reason.
-        loss_chunk_size (`int`, *optional*, defaults to 4096):
-            Tokens per chunk of the training loss. With labels, logits are computed and dropped chunk by chunk,
-            so the loss holds `loss_chunk_size x vocab_size` fp32 values (4096 x 49152 = 805 MB) instead of
-            `batch x seq x vocab_size` (8 x 2048 x 49152 = 3.2 GB per copy). Smaller saves memory; larger issues
-            fewer, bigger matmuls.
+        loss_chunk_size (`int`, *optional*, defaults to 1024):
+            Tokens per chunk of the loss when labels are given. Logits are computed, turned into gradients and
+            dropped chunk by chunk, so the loss holds two `loss_chunk_size x vocab_size` fp32 buffers (2 x 201 MB at
+            1024 x 49152) instead of several `batch x seq x vocab_size` ones (3.2 GB each at 8 x 2048 x 49152).
+            Smaller saves memory; larger issues fewer, bigger matmuls (1024 rows already fill a GPU).
 
     Other Llama keys are accepted at the values that mean "plain SmolLM2": `attention_dropout=0.0`,
     `rope_interleaved=False` (nanotron), and `pretraining_tp` (a tensor-parallel layout hint that changes no maths).
@@ -74,7 +74,6 @@ class SmolLM2Config(PretrainedConfig):
     """
 
     model_type = "smollm2"
-    keys_to_ignore_at_inference = ["cache"]
 
     vocab_size: int = 49152
     hidden_size: int = 576
@@ -95,7 +94,7 @@ class SmolLM2Config(PretrainedConfig):
     tie_word_embeddings: bool = True
     attention_bias: bool = False
     mlp_bias: bool = False
-    loss_chunk_size: int = 4096
+    loss_chunk_size: int = 1024
 
     def __post_init__(self, **kwargs):
         # Llama keys are taken out before the base class sees them: it would store `rope_parameters` and turn

@@ -9,6 +9,7 @@ left over from the last document, so a restart continues mid-document without re
 already trained on (torchdata's `StatefulDataLoader` collects it from every DataLoader worker).
 """
 
+import glob
 import json
 import os
 from itertools import islice
@@ -109,6 +110,14 @@ def check_columns(where: str, columns: list[str], text_column: str) -> None:
         raise DataError(f"text column {text_column!r} not found in {where} (columns: {', '.join(map(str, columns)) or 'none'})")
 
 
+def expand_files(pattern: str | None) -> list[str]:
+    """A path or a glob ('shards/*.parquet'): several files make several shards, split between ranks and
+    DataLoader workers file by file."""
+    if not pattern:
+        return []
+    return sorted(glob.glob(pattern)) or [pattern] if glob.has_magic(pattern) else [pattern]
+
+
 def load_text_stream(data_args, files: list[str] | None = None, split: str = "train") -> IterableDataset:
     """A streamed dataset of documents holding `data_args.text_column`, from local `files` or the Hub."""
     if files:
@@ -169,7 +178,8 @@ class PackedDataset(torch.utils.data.IterableDataset):
         block_size = self.block_size
         buffer = list(self._leftover)
         for example in self.tokenized:
-            buffer.extend(example["input_ids"])
+            # a new list, not extend(): the last state_dict() holds the previous one and must not change
+            buffer = buffer + example["input_ids"]
             while len(buffer) >= block_size:
                 block, buffer = buffer[:block_size], buffer[block_size:]
                 # the position after this sample, for a resume that starts with the next one
@@ -198,9 +208,9 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):
     its own part of the stream (`split_dataset_by_node`: whole shards when they divide evenly, else
     every world_size-th document).
     """
-    stream = load_text_stream(data_args, data_args.train_file and [data_args.train_file])
+    stream = load_text_stream(data_args, expand_files(data_args.train_file))
     if data_args.validation_file:
-        eval_stream = load_text_stream(data_args, [data_args.validation_file], split="validation")
+        eval_stream = load_text_stream(data_args, expand_files(data_args.validation_file), split="validation")
     elif data_args.validation_documents > 0:
         eval_stream = stream.take(data_args.validation_documents)
         stream = stream.skip(data_args.validation_documents)

@@ -145,6 +145,111 @@ def sdpa_attention_forward(
     )
 
 
+def causal_attention_mask(
+    attention_mask: torch.Tensor | None, query_length: int, past_length: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean mask broadcastable to (batch, 1, query_length, past_length + query_length), True where a query may
+    attend; None when plain causal attention over the last query_length positions is exact (no padding, and no
+    cached tokens before a multi-token query), which lets SDPA use is_causal.
+
+    attention_mask is the 2D (batch, past_length + query_length) padding mask, 1 for real tokens.
+    """
+    # A CPU-GPU sync point, paid once per forward: an all-ones mask (packed training batches) would otherwise
+    # force the masked, slower SDPA kernels.
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    if attention_mask is None and (past_length == 0 or query_length == 1):
+        return None
+    key_length = past_length + query_length
+    query_positions = torch.arange(past_length, key_length, device=device)[:, None]
+    key_positions = torch.arange(key_length, device=device)[None, :]
+    mask = key_positions <= query_positions  # (query_length, key_length)
+    if attention_mask is not None:
+        # A left-padded query would see only padding, an all-False row that makes softmax NaN and spreads through
+        # the values of later layers. Letting every query see itself keeps those rows finite; their outputs are
+        # never read.
+        mask = mask & (attention_mask[:, None, None, :].bool() | (key_positions == query_positions))
+    return mask
+
+
+def chunk_cross_entropy_and_grads(
+    hidden_chunk: torch.Tensor,
+    weight: torch.Tensor,
+    label_chunk: torch.Tensor,
+    needs_hidden_grad: bool,
+    needs_weight_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Summed cross-entropy of one chunk's logits `hidden_chunk @ weight.T`, and its gradients with respect to
+    hidden_chunk (chunk, hidden) and weight (vocab, hidden) when asked for.
+
+    A function of its own so that the (chunk, vocab) buffers are freed on return, before the next chunk allocates.
+    """
+    keep = (label_chunk != IGNORE_INDEX).unsqueeze(1)  # (chunk, 1)
+    target = label_chunk.clamp(min=0).unsqueeze(1)  # any valid index on ignored rows; they are masked out
+    # fp32 for the softmax, as transformers' causal-LM loss upcasts: bf16 log-probabilities are too coarse
+    log_probs = F.linear(hidden_chunk, weight).float().log_softmax(dim=-1)  # (chunk, vocab)
+    loss = -log_probs.gather(1, target).masked_fill_(~keep, 0.0).sum()
+    grad_hidden = grad_weight = None
+    if needs_hidden_grad or needs_weight_grad:
+        # d(loss)/d(logits) = softmax - one_hot(label), built in place over the log-probabilities. Ignored rows are
+        # zeroed through the (chunk, hidden) factors rather than in this (chunk, vocab) tensor: same result, cheaper.
+        grad_logits = log_probs.exp_()
+        grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
+        grad_logits = grad_logits.to(weight.dtype)
+        if needs_hidden_grad:
+            grad_hidden = (grad_logits @ weight).masked_fill_(~keep, 0.0)
+        if needs_weight_grad:
+            grad_weight = grad_logits.t() @ hidden_chunk.masked_fill(~keep, 0.0)
+    return loss, grad_hidden, grad_weight
+
+
+class SmolLM2LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden_states @ weight.T` against labels, `chunk_size` tokens at a time.
+
+    Each chunk's logits live only while that chunk is processed, and their gradient is taken right there and
+    multiplied into the hidden-state and weight gradients. Backward only scales the stored gradients: nothing is
+    recomputed, and the (tokens, vocab) logits never exist at once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states, weight, labels, chunk_size, grad_enabled):
+        # hidden_states: (tokens, hidden), weight: (vocab, hidden), labels: (tokens,). needs_input_grad stays True
+        # under torch.no_grad(), so the caller says whether a backward can follow (evaluation skips the gradients).
+        needs_hidden_grad = grad_enabled and ctx.needs_input_grad[0]
+        needs_weight_grad = grad_enabled and ctx.needs_input_grad[1]
+        loss = torch.zeros((), dtype=torch.float32, device=hidden_states.device)
+        grad_hidden = torch.empty_like(hidden_states) if needs_hidden_grad else None
+        grad_weight = None
+        for start in range(0, hidden_states.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            chunk_loss, chunk_grad_hidden, chunk_grad_weight = chunk_cross_entropy_and_grads(
+                hidden_states[chunk], weight, labels[chunk], needs_hidden_grad, needs_weight_grad
+            )
+            loss += chunk_loss
+            if needs_hidden_grad:
+                grad_hidden[chunk] = chunk_grad_hidden
+            if needs_weight_grad and grad_weight is None:
+                grad_weight = chunk_grad_weight
+            elif needs_weight_grad:
+                # summed in fp32: adding many chunks' bf16 products would round away the small ones
+                grad_weight = grad_weight.float().add_(chunk_grad_weight)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        # Scaled in place: a (vocab, hidden) copy per step saved. A second backward through this graph
+        # (retain_graph=True) then fails loudly on the saved tensors' version check instead of reusing them.
+        if grad_hidden is not None:
+            grad_hidden.mul_(grad_loss)
+        if grad_weight is not None:
+            grad_weight.mul_(grad_loss)
+        return grad_hidden, grad_weight, None, None, None
+
+
 class SmolLM2MLP(nn.Module):
     def __init__(self, config: SmolLM2Config):
         super().__init__()
@@ -244,34 +349,6 @@ class SmolLM2PreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.weight)
 
 
-def causal_attention_mask(
-    attention_mask: torch.Tensor | None, query_length: int, past_length: int
-) -> torch.Tensor | None:
-    """Boolean (batch, 1, query_length, past_length + query_length) mask, True where a query may attend.
-
-    attention_mask is the 2D (batch, past_length + query_length) padding mask, 1 for real tokens. Returns None when
-    plain causal attention over the last query_length positions is exact (no padding, and no cached tokens before
-    a multi-token query), which lets SDPA use is_causal.
-    """
-    # A CPU-GPU sync point, paid once per forward: an all-ones mask (packed training batches) would otherwise
-    # force the masked, slower SDPA kernels.
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None
-    if attention_mask is None and (past_length == 0 or query_length == 1):
-        return None
-    device = attention_mask.device if attention_mask is not None else None
-    key_length = past_length + query_length
-    query_positions = torch.arange(past_length, key_length, device=device)[:, None]
-    key_positions = torch.arange(key_length, device=device)[None, :]
-    mask = key_positions <= query_positions  # (query_length, key_length)
-    if attention_mask is not None:
-        # A left-padded query would see only padding, an all-False row that makes softmax NaN and spreads through
-        # the values of later layers. Letting every query see itself keeps those rows finite; their outputs are
-        # never read.
-        mask = mask & (attention_mask[:, None, None, :].bool() | (key_positions == query_positions))
-    return mask.expand(attention_mask.shape[0] if attention_mask is not None else 1, 1, -1, -1)
-
-
 class SmolLM2Model(SmolLM2PreTrainedModel):
     def __init__(self, config: SmolLM2Config):
         super().__init__(config)
@@ -317,7 +394,7 @@ class SmolLM2Model(SmolLM2PreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(past_length, past_length + query_length, device=inputs_embeds.device)[None]
 
-        mask = causal_attention_mask(attention_mask, query_length, past_length)
+        mask = causal_attention_mask(attention_mask, query_length, past_length, inputs_embeds.device)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states = inputs_embeds
@@ -326,58 +403,7 @@ class SmolLM2Model(SmolLM2PreTrainedModel):
                 hidden_states, position_embeddings=position_embeddings, attention_mask=mask, cache=cache
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
-
-
-class SmolLM2LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden_states @ weight.T` against labels, `chunk_size` tokens at a time.
-
-    Each chunk's logits (upcast to fp32, as in transformers' causal-LM loss) live only while that chunk is
-    processed, and their gradient is taken right there: softmax minus one-hot, multiplied into the hidden-state and
-    weight gradients. Backward only scales the stored gradients, so nothing is recomputed and the (tokens, vocab)
-    logits never exist at once.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden_states, weight, labels, chunk_size):
-        # hidden_states: (tokens, hidden), weight: (vocab, hidden), labels: (tokens,)
-        needs_hidden_grad, needs_weight_grad = ctx.needs_input_grad[:2]
-        loss = torch.zeros((), dtype=torch.float32, device=hidden_states.device)
-        grad_hidden = torch.empty_like(hidden_states) if needs_hidden_grad else None
-        grad_weight = None
-        for start in range(0, hidden_states.shape[0], chunk_size):
-            hidden_chunk = hidden_states[start : start + chunk_size]
-            label_chunk = labels[start : start + chunk_size]
-            keep = (label_chunk != IGNORE_INDEX).unsqueeze(1)  # (chunk, 1)
-            target = label_chunk.clamp(min=0).unsqueeze(1)  # any valid index on ignored rows; they are masked
-            log_probs = F.linear(hidden_chunk, weight).float().log_softmax(dim=-1)  # (chunk, vocab)
-            loss -= log_probs.gather(1, target).masked_fill_(~keep, 0.0).sum()
-            if not (needs_hidden_grad or needs_weight_grad):
-                continue
-            # d(summed CE)/d(logits) = softmax - one_hot(label), built in place. Ignored rows are zeroed through
-            # the (chunk, hidden) factors below rather than in this (chunk, vocab) tensor: the same result, cheaper.
-            grad_logits = log_probs.exp_()
-            grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
-            grad_logits = grad_logits.to(weight.dtype)
-            if needs_hidden_grad:
-                grad_hidden[start : start + chunk_size] = (grad_logits @ weight).masked_fill_(~keep, 0.0)
-            if needs_weight_grad:
-                chunk_grad_weight = grad_logits.t() @ hidden_chunk.masked_fill(~keep, 0.0)  # (vocab, hidden)
-                # summed in fp32: adding many chunks' bf16 products would round away the small ones
-                grad_weight = chunk_grad_weight.float() if grad_weight is None else grad_weight.add_(chunk_grad_weight)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss
-        if grad_weight is not None:
-            grad_weight = grad_weight * grad_loss
-        return grad_hidden, grad_weight, None, None
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
 class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
@@ -424,8 +450,8 @@ class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.causal_lm_loss(hidden_states, labels, num_items_in_batch)
         else:
-            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = self.lm_head(hidden_states[:, keep, :])
+            kept_positions = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, kept_positions, :])
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
     def causal_lm_loss(
@@ -439,7 +465,11 @@ class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
         shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)  # (batch * seq,)
         hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])  # (batch * seq, hidden)
         loss_sum = SmolLM2LinearCrossEntropy.apply(
-            hidden_states, self.lm_head.weight, shift_labels.to(hidden_states.device), self.config.loss_chunk_size
+            hidden_states,
+            self.lm_head.weight,
+            shift_labels.to(hidden_states.device),
+            self.config.loss_chunk_size,
+            torch.is_grad_enabled(),
         )
         if num_items_in_batch is None:
             num_items_in_batch = (shift_labels != IGNORE_INDEX).sum()

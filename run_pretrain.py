@@ -124,6 +124,8 @@ class PretrainingArguments(TrainingArguments):
         "help": "Stop after this many consecutive steps with a NaN/Inf loss or gradient norm (each is skipped)."})
     peak_tflops: float | None = field(default=None, metadata={
         "help": "Device peak TFLOP/s for MFU. Default: known GPUs' dense bf16 peak, measured matmul rate on CPU."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "Every parameter is used in every step: skip DDP's extra graph traversal."})
     traceback: bool = field(default=False, metadata={"help": "Show the full traceback on errors."})
 
     def __post_init__(self):
@@ -143,6 +145,8 @@ class PretrainingArguments(TrainingArguments):
         if problems:
             raise ValueError("; ".join(problems))
         cuda = torch.cuda.is_available() and not self.use_cpu
+        if not cuda and not torch.backends.mps.is_available():
+            self.use_cpu = True  # without it accelerate starts no DDP on CPU under torchrun (gloo)
         if self.bf16 is None:
             self.bf16 = cuda and torch.cuda.is_bf16_supported()
         if self.dataloader_num_workers is None:
@@ -394,7 +398,7 @@ def write_report(model, data_args, training_args) -> None:
     plot_training_log(output_dir)
     source = (f"local files: {data_args.train_file}" if data_args.train_file
               else f"`{data_args.dataset_name}` ({data_args.dataset_config_name}), streamed")
-    recipe = {key: getattr(training_args, key) for key in RECIPE_KEYS}
+    recipe = {key: getattr(getattr(training_args, key), "value", getattr(training_args, key)) for key in RECIPE_KEYS}
     recipe.update(block_size=data_args.block_size, world_size=training_args.world_size)
     write_model_card(output_dir, model_config=model.config, num_parameters=model.num_parameters(),
                      data_description=f"{source}; documents tokenized with EOS between them and packed into "
@@ -406,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--traceback" in argv or bool(os.environ.get("SMOLLM2_TRACEBACK"))
     hf_logging.set_verbosity_warning()
+    hf_logging.disable_progress_bar()  # per-file save/load bars; the Trainer's own bar stays
     # torchdata 0.11 calls an API that torch deprecated; nothing for a user to act on
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
     try:

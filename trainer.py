@@ -1,7 +1,7 @@
 """`PretrainingTrainer`: the HF Trainer plus what pretraining on a stream needs and it lacks.
 
 - O(1) data resume: the train DataLoader is torchdata's `StatefulDataLoader` (through accelerate's
-  `use_stateful_dataloader`); its state, which holds `PackedDataset`'s stream position and leftover
+  `use_stateful_dataloader`), one per rank over that rank's part of the stream; its state, which holds `PackedDataset`'s stream position and leftover
   tokens, is saved in every checkpoint (one file per rank) and loaded on resume, instead of the
   Trainer's default of re-reading and discarding every batch already seen.
 - Crash-safe checkpoints: a manifest is written last (see `checkpoints.py`), and old checkpoints are
@@ -19,6 +19,7 @@ import time
 import torch
 import transformers
 from transformers import Trainer
+from accelerate.data_loader import prepare_data_loader
 from transformers.trainer_utils import rotate_checkpoints
 
 from callbacks import ProgressBarCallback, ProgressLinesCallback, StepTimer
@@ -52,15 +53,24 @@ class PretrainingTrainer(Trainer):
         self.remove_callback(transformers.trainer_callback.PrinterCallback)
         self.add_callback(ProgressLinesCallback if self.args.disable_tqdm else ProgressBarCallback)
 
-    def create_accelerator_and_postprocess(self):
-        super().create_accelerator_and_postprocess()
-        # transformers' AcceleratorConfig does not expose this accelerate option
-        self.accelerator.dataloader_config.use_stateful_dataloader = True
-
     def get_train_dataloader(self):
-        dataloader = super().get_train_dataloader()
+        # Built here rather than by the Trainer because every rank already reads only its own part of the
+        # stream (split_dataset_by_node in data.py): accelerate would wrap the IterableDataset once more so
+        # that each rank reads everything and keeps one batch in world_size, and that wrapper has no
+        # state_dict for an O(1) resume. Preparing it as a one-process loader keeps device placement.
+        args = self.args
+        workers = args.dataloader_num_workers
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator, num_workers=workers,
+            pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+        )
+        # dispatch_batches=False: left to its default, rank 0 would read for everyone and send batches out
+        dataloader = prepare_data_loader(loader, args.device, num_processes=1, process_index=0, put_on_device=True,
+                                         dispatch_batches=False, non_blocking=self.accelerator.non_blocking,
+                                         use_stateful_dataloader=True)
         if self.data_state_dir is not None:
-            path = os.path.join(self.data_state_dir, data_state_file(self.args.process_index))
+            path = os.path.join(self.data_state_dir, data_state_file(args.process_index))
             dataloader.load_state_dict(torch.load(path, weights_only=False))
         return dataloader
 

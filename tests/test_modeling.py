@@ -440,6 +440,24 @@ def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chun
         torch.testing.assert_close(model.causal_lm_loss(hidden_states, labels, num_items_in_batch), plain)
 
 
+def test_bf16_autocast_loss_and_gradients_follow_fp32():
+    """The Trainer's bf16=True: fp32 weights, bf16 matmuls; 40 tokens in chunks of 16 sum gradients across chunks."""
+    model = tiny_model(vocab_size=2048, loss_chunk_size=16).train()
+    input_ids = torch.randint(0, 2048, (2, 20), generator=torch.Generator().manual_seed(6))
+    parameters = list(model.parameters())
+    fp32_loss = model(input_ids, labels=input_ids).loss
+    fp32_grads = torch.autograd.grad(fp32_loss, parameters)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_loss = model(input_ids, labels=input_ids).loss
+    bf16_grads = torch.autograd.grad(bf16_loss, parameters)
+
+    assert bf16_loss.dtype == torch.float32
+    torch.testing.assert_close(bf16_loss, fp32_loss, atol=0.05, rtol=0)
+    for bf16, fp32 in zip(bf16_grads, fp32_grads):
+        assert bf16.dtype == torch.float32
+        assert F.cosine_similarity(bf16.flatten(), fp32.flatten(), dim=0) > 0.99
+
+
 # ------------------------------------------------------------------------------------ gradient checkpointing
 
 
@@ -470,12 +488,13 @@ def test_sdpa_matches_eager_on_the_causal_fast_path_and_the_masked_path():
     real = attention_mask.bool()
     with torch.no_grad():
         # no mask: SDPA's is_causal kernel
-        assert causal_attention_mask(None, query_length=12, past_length=0) is None
+        assert causal_attention_mask(None, query_length=12, past_length=0, device="cpu") is None
         torch.testing.assert_close(sdpa(input_ids).logits, eager(input_ids).logits, atol=1e-5, rtol=0)
         # an all-ones mask takes the fast path too
-        assert causal_attention_mask(torch.ones(2, 12), query_length=12, past_length=0) is None
+        assert causal_attention_mask(torch.ones(2, 12), query_length=12, past_length=0, device="cpu") is None
         # left padding: an explicit boolean mask
-        assert causal_attention_mask(attention_mask, query_length=12, past_length=0).shape == (2, 1, 12, 12)
+        mask = causal_attention_mask(attention_mask, query_length=12, past_length=0, device="cpu")
+        assert mask.shape == (2, 1, 12, 12)
         kwargs = dict(attention_mask=attention_mask, position_ids=position_ids)
         torch.testing.assert_close(
             sdpa(input_ids, **kwargs).logits[real], eager(input_ids, **kwargs).logits[real], atol=1e-5, rtol=0

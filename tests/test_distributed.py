@@ -1,0 +1,98 @@
+"""Several processes (torchrun, gloo on CPU): DDP and FSDP2 runs, data split by rank, exact resume."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from apprun import app_env, losses, read_log, tiny_args
+from conftest import ROOT
+from data import build_datasets
+from conftest import write_jsonl
+from test_data import data_args
+from test_reliability import wait_for_step
+
+FSDP = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", os.path.join(ROOT, "configs", "fsdp.json")]
+
+
+def torchrun_argv(argv, nproc=2):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    return [torchrun, "--nproc_per_node", str(nproc), "--standalone", os.path.join(ROOT, "run_pretrain.py"), *argv]
+
+
+def run_torchrun(argv, timeout=600):
+    return subprocess.run(torchrun_argv(argv), cwd=ROOT, env=app_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("layout", ["one file", "two files"])
+def test_each_rank_reads_its_own_documents_and_together_all(tmp_path, tokenizer, layout):
+    texts = [f"document {i} is unique" for i in range(101)]
+    if layout == "one file":  # one shard: split document by document
+        pattern = write_jsonl(tmp_path / "one.jsonl", texts)
+    else:  # two shards: split file by file
+        for k in range(2):
+            write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::2])
+        pattern = str(tmp_path / "part*.jsonl")
+
+    def documents(rank, world):
+        train, _ = build_datasets(data_args(train_file=pattern), tokenizer, rank, world)
+        return [tuple(doc["input_ids"]) for doc in train.tokenized]
+
+    rank0, rank1, single = documents(0, 2), documents(1, 2), documents(0, 1)
+    assert rank0 and rank1 and not set(rank0) & set(rank1)
+    assert sorted(rank0 + rank1) == sorted(single) and len(single) == len(texts)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, corpus):
+    output_dir = str(tmp_path_factory.mktemp("ddp"))
+    argv = tiny_args(output_dir, *corpus, max_steps=12, save_steps=4, eval_steps=8, generation_steps=8)
+    result = run_torchrun(argv)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output_dir, argv, result
+
+
+def test_ddp_run_logs_once_and_counts_every_rank(ddp_run):
+    output_dir, _, result = ddp_run
+    rows = read_log(output_dir, "train")
+    assert [row["step"] for row in rows] == list(range(1, 13))
+    assert rows[-1]["tokens_seen"] == 2 * 4 * 64 * 12
+    assert rows[-1]["tokens_per_second"] == pytest.approx(2 * rows[-1]["tokens_per_second_per_device"])
+    assert result.stdout.count("step 12/12 | loss") == 1  # only the main process prints
+    assert "8 sequences x 64 tokens = 512 tokens/step (per device 4 x grad accum 1 x 2 processes)" in result.stdout
+    checkpoint = os.path.join(output_dir, "checkpoint-12")
+    assert {"data_state_rank0.pt", "data_state_rank1.pt"} <= set(os.listdir(checkpoint))
+
+
+def test_killed_ddp_run_resumes_exactly(ddp_run, tmp_path):
+    baseline_dir, argv, _ = ddp_run
+    output_dir = str(tmp_path / "run")
+    argv = [output_dir if value == baseline_dir else value for value in argv]
+    process = subprocess.Popen(torchrun_argv(argv), cwd=ROOT, env=app_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    wait_for_step(output_dir, 6, process)  # past checkpoint-4
+    # the whole job dies at once, as on a lost node: torchrun and its workers (each in its own session)
+    subprocess.run(["pkill", "-9", "-f", output_dir], check=True)
+    process.wait()
+    while subprocess.run(["pgrep", "-f", output_dir], capture_output=True).returncode == 0:
+        time.sleep(0.2)
+    result = run_torchrun(argv)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Resuming from checkpoint-" in result.stdout
+    assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 13))
+    assert losses(output_dir) == pytest.approx(losses(baseline_dir), abs=1e-4)
+
+
+def test_fsdp2_run_matches_ddp(ddp_run, tmp_path):
+    baseline_dir, argv, _ = ddp_run
+    output_dir = str(tmp_path / "fsdp")
+    argv = [output_dir if value == baseline_dir else value for value in argv]
+    result = run_torchrun(argv + FSDP)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert losses(output_dir) == pytest.approx(losses(baseline_dir), abs=1e-4)
+    assert os.path.isfile(os.path.join(output_dir, "model.safetensors"))
+    with open(os.path.join(output_dir, "samples.jsonl"), encoding="utf-8") as f:
+        assert f.read().count('"step": 8') == 3  # generation under FSDP, written once
