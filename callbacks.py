@@ -85,7 +85,7 @@ class JsonlLogCallback(TrainerCallback):
     (`type: "eval"`, with perplexity)."""
 
     TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "step_time", "data_wait", "tokens_per_second",
-                  "tokens_per_second_per_device", "tokens_seen", "mfu", "skipped_steps")
+                  "tokens_per_second_per_device", "tokens_seen", "mfu", "peak_memory_gb", "skipped_steps")
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, TRAINING_LOG)

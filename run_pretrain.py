@@ -39,6 +39,7 @@ DEFAULT_PROMPTS = ["Once upon a time,", "The capital of France is", "Photosynthe
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model (what to train)"
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Start from these weights (continued pretraining): a SmolLM2 or Llama-format folder or Hub id. "
                 "Default: train from scratch."})
@@ -58,6 +59,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data (what to train on)"
     dataset_name: str = field(default="HuggingFaceTB/smollm-corpus", metadata={"help": "Hub dataset to stream."})
     dataset_config_name: str | None = field(default="cosmopedia-v2", metadata={"help": "Its configuration."})
     train_file: str | None = field(default=None, metadata={
@@ -92,6 +94,8 @@ class PretrainingArguments(TrainingArguments):
     0 at max_steps. The official run warmed up 2000 of 2M steps at this peak lr; a short run needs a
     relatively longer warmup to stay stable at lr 3e-3, and a fraction keeps short test runs' shape.
     """
+
+    _argument_group_name = "training (the recipe, outputs and every TrainingArguments option)"
 
     output_dir: str = field(default="smollm2-135m", metadata={"help": "Where checkpoints, logs and the model go."})
     max_steps: int = field(default=5000, metadata={"help": "Optimizer steps (a stream has no epochs)."})

@@ -128,6 +128,8 @@ class PretrainingTrainer(Trainer):
                 logs["tokens_per_second_per_device"] = per_device
                 if self.peak_flops:
                     logs["mfu"] = per_device * self.flops_per_token / self.peak_flops
+            if self.args.device.type == "cuda":  # allocator statistics: host-side, no sync
+                logs["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.args.device) / 2**30
             if self.skipped_since_log:
                 logs["skipped_steps"] = self.skipped_since_log
                 self.skipped_since_log = 0

@@ -33,3 +33,15 @@ def write_jsonl(path, texts):
         for text in texts:
             f.write(json.dumps({"text": text}) + "\n")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(corpus, tmp_path_factory):
+    """One real 30-step run of the app (tiny model, TensorBoard on), shared by the tests that only read it:
+    (output_dir, the finished process)."""
+    from apprun import run_app, tiny_args
+
+    output_dir = str(tmp_path_factory.mktemp("tiny_run"))
+    result = run_app(tiny_args(output_dir, *corpus, report_to="tensorboard"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output_dir, result

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from conftest import ROOT, TOKENIZER_DIR
+from conftest import ROOT
 from model_card import write_model_card
 from plot_training_log import CURVES_PNG, TRAINING_LOG, plot_training_log, read_training_log
 
-TINY = "num_hidden_layers=2,hidden_size=64,intermediate_size=128,num_attention_heads=4,num_key_value_heads=2"
 MAX_STEPS = 30
 PROMPT = "The for statement"
 
@@ -27,17 +26,9 @@ def run_script(*args, timeout=120):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def run_dir(corpus, tmp_path_factory):
-    train_path, validation_path = corpus
-    output_dir = str(tmp_path_factory.mktemp("run"))
-    result = run_script(
-        "run_pretrain.py", "--tokenizer_name", TOKENIZER_DIR, "--train_file", train_path,
-        "--validation_file", validation_path, "--config_overrides", TINY, "--block_size", "128",
-        "--max_steps", str(MAX_STEPS), "--save_steps", "10", "--eval_steps", "10", "--generation_steps", "10",
-        "--logging_steps", "1", "--max_eval_samples", "8", "--output_dir", output_dir, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir
+@pytest.fixture
+def run_dir(tiny_run):
+    return tiny_run[0]
 
 
 def write_log(output_dir, rows):

@@ -39,12 +39,9 @@ def test_config_file_with_flags_overriding_it(tmp_path):
     assert args.max_steps == 5 and data_args.streaming is False
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, corpus):
-    output_dir = str(tmp_path_factory.mktemp("run"))
-    result = run_app(tiny_args(output_dir, *corpus))
-    assert result.returncode == 0, result.stdout + result.stderr
-    return output_dir, result
+@pytest.fixture
+def finished_run(tiny_run):
+    return tiny_run
 
 
 def test_tiny_run_logs_every_step_once_with_all_fields(finished_run):
@@ -131,3 +128,23 @@ def test_resume_and_extend_log_each_step_once(tmp_path, corpus):
     assert lrs == pytest.approx([3e-3 * (25 - step) / (25 - warmup) for step in range(20, 25)])
     assert [row["step"] for row in read_log(output_dir, "eval")] == [10, 20, 25]  # and at the end
     assert os.path.isdir(os.path.join(output_dir, "checkpoint-25"))
+
+
+def test_tensorboard_model_card_and_curves_of_the_run(finished_run):
+    output_dir, _ = finished_run
+    events = [name for root, _, names in os.walk(output_dir) for name in names if name.startswith("events.out.tfevents")]
+    assert events, "--report_to tensorboard wrote no event file"
+    card = open(os.path.join(output_dir, "README.md"), encoding="utf-8").read()
+    final_loss = read_log(output_dir, "train")[-1]["loss"]
+    assert "SmolLM2" in card and "Trained for 30 optimizer steps" in card and f"{final_loss:.4f}" in card
+    assert "trust_remote_code=True" in card
+    with open(os.path.join(output_dir, "training_curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_push_folder_holds_everything_a_hub_user_needs(finished_run):
+    """`--push_to_hub` uploads output_dir without its checkpoints (the Trainer's ignore pattern)."""
+    output_dir, _ = finished_run
+    pushed = {name for name in os.listdir(output_dir) if not name.startswith(("checkpoint-", "_", "runs"))}
+    assert {"model.safetensors", "config.json", "configuration_smollm2.py", "modeling_smollm2.py",
+            "tokenizer.json", "tokenizer_config.json", "README.md", "generation_config.json"} <= pushed

@@ -1,0 +1,77 @@
+"""Throughput of the data pipeline (stream -> tokenize with EOS -> pack) against the bare tokenizer.
+
+    python benchmarks/bench_data.py                    # CPython docs x 20, block 2048, workers 0/1/2
+    python benchmarks/bench_data.py --copies 50 --block_size 1024
+
+The peer is the fast tokenizer alone, batched, on the same documents in memory: the pipeline should deliver
+at least 90% of its tokens/s. Each worker count runs in the same process, one after the other; the corpus
+is written as two JSON Lines files so that two DataLoader workers each get a shard.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from data import PackedDataset, load_text_stream, tokenize_stream  # noqa: E402
+from demo_corpus import documents  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_corpus(folder: str, copies: int) -> tuple[list[str], list[str]]:
+    texts = [f"{i}. {text}" for i in range(copies) for text in documents()]
+    files = [os.path.join(folder, f"part{k}.jsonl") for k in range(2)]
+    for k, path in enumerate(files):
+        with open(path, "w", encoding="utf-8") as f:
+            for text in texts[k::2]:
+                f.write(json.dumps({"text": text}) + "\n")
+    return texts, files
+
+
+def raw_tokenizer_rate(tokenizer, texts: list[str], batch_size: int = 256) -> float:
+    start = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(texts), batch_size):
+        ids = tokenizer(texts[i : i + batch_size], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        tokens += sum(len(doc) + 1 for doc in ids)  # + EOS, as the pipeline counts it
+    return tokens / (time.perf_counter() - start)
+
+
+def pipeline_rate(tokenizer, files: list[str], block_size: int, batch_size: int, workers: int) -> float:
+    args = argparse.Namespace(text_column="text", streaming=True)
+    dataset = PackedDataset(tokenize_stream(load_text_stream(args, files), tokenizer, "text"), block_size)
+    loader = StatefulDataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    start = time.perf_counter()
+    tokens = sum(batch["input_ids"].numel() for batch in loader)
+    return tokens / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=20, help="copies of the CPython docs corpus (~110k tokens each)")
+    parser.add_argument("--block_size", type=int, default=2048)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--tokenizer", default=os.path.join(ROOT, "assets", "smollm2_tokenizer"))
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are processes; keep the peer comparable
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    with tempfile.TemporaryDirectory() as folder:
+        texts, files = write_corpus(folder, args.copies)
+        raw = raw_tokenizer_rate(tokenizer, texts)
+        print(f"corpus: {len(texts):,} documents; raw tokenizer: {raw:,.0f} tokens/s")
+        print(f"{'workers':>8} {'tokens/s':>12} {'vs raw':>8}")
+        for workers in (0, 1, 2):
+            rate = pipeline_rate(tokenizer, files, args.block_size, args.batch_size, workers)
+            print(f"{workers:>8} {rate:>12,.0f} {rate / raw:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
