@@ -1,0 +1,299 @@
+"""Training-step, generation and memory benchmark: SmolLM2ForCausalLM against transformers' LlamaForCausalLM.
+
+Both models get the same weights (a state-dict copy), Llama its default attention (SDPA), and both the Trainer's
+default optimizer (fused AdamW). Speed is timed interleaved in one process (ours, Llama, ours, Llama, ...) after
+warm-up steps, so that drift in a shared machine's load hits both alike, and the median is reported.
+
+    python benchmarks/bench_model.py                           # SmolLM2-135M, 1 x 256 tokens, CPU fp32
+    python benchmarks/bench_model.py --config tiny --repeats 3  # a few seconds
+    python benchmarks/bench_model.py --skip train generate --batch_size 4 --block_size 2048 --layers 2  # memory
+    python benchmarks/bench_model.py --batch_size 8 --block_size 2048 --dtype bf16 --compile       # on a GPU
+
+Reported per model: median step time (forward + backward + AdamW step), tokens/s, MFU, the step's extra memory,
+greedy generation tokens/s, and ours against Llama: speed as the median of per-round ratios (above 1: ours is
+faster), memory as ours / Llama (below 1: ours needs less).
+MFU = tokens/s x FLOPs/token (PaLM count, throughput.flops_per_token) / peak FLOP/s (throughput.device_peak_flops:
+a named GPU's dense bf16 peak, or on CPU the measured matmul rate of this machine; --peak_tflops overrides).
+"""
+
+import argparse
+import gc
+import multiprocessing
+import os
+import statistics
+import sys
+import threading
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, also in children
+
+from configuration_smollm2 import SmolLM2Config  # noqa: E402
+from modeling_smollm2 import SmolLM2ForCausalLM  # noqa: E402
+from throughput import device_peak_flops, flops_per_token  # noqa: E402
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# SmolLM2Config fields that LlamaConfig does not have (or must not inherit, like model_type)
+NOT_LLAMA_FIELDS = ("model_type", "architectures", "auto_map", "loss_chunk_size", "transformers_version", "dtype")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=["135m", "tiny"], default="135m", help="model preset")
+    parser.add_argument("--layers", type=int, help="override num_hidden_layers (quick runs, memory at long blocks)")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--block_size", type=int, default=256, help="tokens per sequence")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter and compute dtype")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per model (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions per model first")
+    parser.add_argument("--prompt_tokens", type=int, default=32, help="generation: prompt length (batch 1)")
+    parser.add_argument("--new_tokens", type=int, default=64, help="generation: greedy tokens generated")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd training steps (GPU)")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute layers in backward (both)")
+    parser.add_argument("--peak_tflops", type=float, help="device peak for MFU, instead of the table/measurement")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "generate", "memory"], help="parts to skip")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def build_config(args) -> SmolLM2Config:
+    config = SmolLM2Config.tiny() if args.config == "tiny" else SmolLM2Config()
+    if args.layers:
+        config.num_hidden_layers = args.layers
+    return config
+
+
+def build_model(name: str, config: SmolLM2Config, device, dtype, state_dict=None):
+    """`name` is "ours" or "llama"; the Llama twin has the same shapes and, given `state_dict`, the same weights."""
+    if name == "ours":
+        model = SmolLM2ForCausalLM(config)
+    else:
+        llama_config = LlamaConfig(**{k: v for k, v in config.to_dict().items() if k not in NOT_LLAMA_FIELDS})
+        model = LlamaForCausalLM(llama_config)
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    return model.to(device=device, dtype=dtype)
+
+
+def prepare_for_training(model, args):
+    model.train()
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+def make_optimizer(model) -> torch.optim.Optimizer:
+    # The Trainer's default optim ("adamw_torch_fused"); the slower foreach AdamW would dilute the ratio.
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+
+
+def train_step(model, optimizer, input_ids):
+    loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(steps: dict, device, warmup: int, repeats: int) -> dict:
+    """Seconds per call of each callable in `steps`, one call of each per round, the order reversed every other
+    round, so that drift in the machine's load hits every one alike."""
+    times = {name: [] for name in steps}
+    for repeat in range(warmup + repeats):
+        order = list(steps.items()) if repeat % 2 == 0 else list(reversed(steps.items()))
+        for name, step in order:
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            if repeat >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cuda_step_memory(model, optimizer, input_ids) -> int:
+    """Peak bytes allocated during one training step above what was allocated before it."""
+    train_step(model, optimizer, input_ids)  # AdamW's moments exist afterwards; the step's memory excludes them
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(input_ids.device)
+    before = torch.cuda.memory_allocated(input_ids.device)
+    train_step(model, optimizer, input_ids)
+    return torch.cuda.max_memory_allocated(input_ids.device) - before
+
+
+def cpu_step_memory_child(args, name, queue):
+    """Runs in a fresh process: peak resident memory during one training step above the resident memory before it.
+
+    A process of its own, so that the other model's tensors and allocator state do not blur the numbers. The parent
+    sets MALLOC_MMAP_THRESHOLD_ so that every tensor above 64 KiB is its own mmap, returned to the OS when freed:
+    resident memory then follows the live tensors. A full-size warm step first puts the kernels' one-time buffers
+    (BLAS packing, thread pools) into the baseline; the measured step is sampled every 0.2 ms by a thread, as
+    ru_maxrss would still hold the warm step's peak.
+    """
+    torch.manual_seed(args.seed)
+    config = build_config(args)
+    model = prepare_for_training(build_model(name, config, torch.device("cpu"), DTYPES[args.dtype]), args)
+    optimizer = make_optimizer(model)
+    input_ids = torch.randint(0, config.vocab_size, (args.batch_size, args.block_size))
+    train_step(model, optimizer, input_ids)
+    gc.collect()
+    before = resident_bytes()
+    peak = before
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, resident_bytes())
+            time.sleep(0.0002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    train_step(model, optimizer, input_ids)
+    done.set()
+    sampler.join()
+    queue.put(peak - before)
+
+
+def cpu_step_memory(args, name) -> int:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)  # read by glibc when the child starts
+    try:
+        child = context.Process(target=cpu_step_memory_child, args=(args, name, queue))
+        child.start()
+        extra = queue.get()
+        child.join()
+    finally:
+        del os.environ["MALLOC_MMAP_THRESHOLD_"]
+    return extra
+
+
+def generate_step(model, prompt, new_tokens):
+    model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,  # a random model may emit EOS; both must produce the same count
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
+
+
+def round_ratio(numerator: list, denominator: list) -> float:
+    """Median over rounds of the per-round ratio: robust to load that changes between rounds, which a ratio of
+    the two medians is not."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator))
+
+
+def fmt_bytes(n) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    torch.manual_seed(args.seed)
+    config = build_config(args)
+
+    ours = build_model("ours", config, device, dtype)
+    llama = build_model("llama", config, device, dtype, state_dict=ours.state_dict())
+    models = {"ours": ours, "llama": llama}
+    tokens = args.batch_size * args.block_size
+    step_flops = flops_per_token(config, args.block_size) * tokens
+    peak = device_peak_flops(device, dtype, args.peak_tflops)
+
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {device_name}; torch {torch.__version__}; dtype {args.dtype}")
+    print(
+        f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, "
+        f"{ours.num_parameters():,} parameters; step {args.batch_size} x {args.block_size} tokens"
+        f"{' with gradient checkpointing' if args.gradient_checkpointing else ''}; "
+        f"llama attention: {llama.config._attn_implementation}; "
+        f"peak for MFU: {'unknown' if peak is None else f'{peak / 1e12:.2f} TFLOP/s'}"
+    )
+
+    rows = {name: {} for name in models}
+    if "train" not in args.skip:
+        input_ids = torch.randint(0, config.vocab_size, (args.batch_size, args.block_size), device=device)
+        steps = {}
+        for name, model in models.items():
+            prepare_for_training(model, args)
+            optimizer = make_optimizer(model)
+            steps[name] = lambda model=model, optimizer=optimizer: train_step(model, optimizer, input_ids)
+            if args.compile and device.type == "cuda":
+                compiled = torch.compile(model)
+                steps[f"{name}+compile"] = lambda c=compiled, o=optimizer: train_step(c, o, input_ids)
+                rows[f"{name}+compile"] = {}
+        if args.compile and device.type != "cuda":
+            print("--compile skipped: inductor's CPU compile takes minutes and is not what this benchmark is for")
+        for name, times in time_interleaved(steps, device, args.warmup, args.repeats).items():
+            seconds = statistics.median(times)
+            rows[name]["step_times"] = times
+            rows[name]["step_s"] = seconds
+            rows[name]["tokens_per_s"] = tokens / seconds
+            rows[name]["mfu"] = step_flops / seconds / peak if peak else None
+
+    if "memory" not in args.skip:
+        for name, model in models.items():
+            if device.type == "cuda":
+                prepare_for_training(model, args)
+                optimizer = make_optimizer(model)
+                input_ids = torch.randint(0, config.vocab_size, (args.batch_size, args.block_size), device=device)
+                rows[name]["memory"] = cuda_step_memory(model, optimizer, input_ids)
+            else:
+                rows[name]["memory"] = cpu_step_memory(args, name)
+
+    if "generate" not in args.skip:
+        prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device=device)
+        for model in models.values():
+            model.eval()
+        with torch.no_grad():
+            steps = {name: lambda m=model: generate_step(m, prompt, args.new_tokens) for name, model in models.items()}
+            for name, times in time_interleaved(steps, device, 1, args.repeats).items():
+                rows[name]["gen_times"] = times
+                rows[name]["gen_tokens_per_s"] = args.new_tokens / statistics.median(times)
+
+    print()
+    print(f"{'model':<16}{'step ms':>10}{'tokens/s':>12}{'MFU':>8}{'step extra mem':>18}{'gen tokens/s':>15}")
+    for name, row in rows.items():
+        step = f"{row['step_s'] * 1e3:,.0f}" if "step_s" in row else "-"
+        tps = f"{row['tokens_per_s']:,.0f}" if "tokens_per_s" in row else "-"
+        mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
+        gen = f"{row['gen_tokens_per_s']:,.1f}" if "gen_tokens_per_s" in row else "-"
+        print(f"{name:<16}{step:>10}{tps:>12}{mfu:>8}{fmt_bytes(row.get('memory')):>18}{gen:>15}")
+
+    ours_row, llama_row = rows["ours"], rows["llama"]
+    print()
+    if "step_s" in ours_row:
+        print(f"training step speed, ours / llama: {round_ratio(llama_row['step_times'], ours_row['step_times']):.2f}x")
+    if "gen_tokens_per_s" in ours_row:
+        print(f"generation speed, ours / llama:    {round_ratio(llama_row['gen_times'], ours_row['gen_times']):.2f}x")
+    if "memory" in ours_row:
+        print(f"step extra memory, ours / llama:   {ours_row['memory'] / llama_row['memory']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
