@@ -16,7 +16,8 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
-TRAINING_LOG = "training_log.jsonl"
+from plot_training_log import TRAINING_LOG, jsonl_rows, plot_training_log
+
 SAMPLES_LOG = "samples.jsonl"
 
 
@@ -38,18 +39,10 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     """
     if not os.path.exists(path):
         return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step", 0) <= last_step:
-                kept.append(line if line.endswith("\n") else line + "\n")
+    kept = [row for row in jsonl_rows(path) if row.get("step", 0) <= last_step]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
+        f.writelines(json.dumps(row) + "\n" for row in kept)
     os.replace(tmp, path)
 
 
@@ -199,8 +192,6 @@ class CurvesCallback(TrainerCallback):
 
     @staticmethod
     def draw(args, state):
-        from plot_training_log import plot_training_log  # matplotlib only once a plot is due
-
         if state.is_world_process_zero and os.path.exists(os.path.join(args.output_dir, TRAINING_LOG)):
             plot_training_log(args.output_dir)
 

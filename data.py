@@ -10,6 +10,7 @@ already trained on (torchdata's `StatefulDataLoader` collects it from every Data
 """
 
 import glob
+import hashlib
 import json
 import os
 from itertools import islice
@@ -45,7 +46,13 @@ def check_local_file(path: str, text_column: str) -> None:
         raise DataError(f"data file not readable: {path}")
     if os.path.getsize(path) == 0:
         raise DataError(f"data file is empty: {path}")
-    builder = builder_for(path)
+    try:
+        check_contents(path, builder_for(path), text_column)
+    except UnicodeDecodeError as err:
+        raise DataError(f"data file is not UTF-8 text: {path}") from None
+
+
+def check_contents(path: str, builder: str, text_column: str) -> None:
     if builder == "json":
         check_json_file(path, text_column)
     elif builder == "parquet":
@@ -199,11 +206,33 @@ class PackedDataset(torch.utils.data.IterableDataset):
         self.tokenized.set_epoch(epoch)
 
 
+def document_key(text: str) -> bytes:
+    """A stable digest of a document (Python's hash() differs between processes, e.g. spawned workers)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def hold_out(stream: IterableDataset, count: int, text_column: str) -> tuple[IterableDataset, IterableDataset]:
+    """(the first `count` documents, the stream without them).
+
+    The held-out documents are dropped from training by content rather than with `skip(count)`: `datasets`
+    splits a skip between shards when the stream is split between ranks or DataLoader workers, and would
+    then train on held-out documents and skip others. Repeats of a held-out document are dropped too.
+    """
+    documents = list(stream.take(count))
+    held_out = {document_key(doc[text_column]) for doc in documents}
+
+    def not_held_out(batch):
+        return [document_key(text) not in held_out for text in batch[text_column]]
+
+    evaluation = Dataset.from_list(documents).to_iterable_dataset() if documents else None
+    return evaluation, stream.filter(not_held_out, batched=True, batch_size=256)
+
+
 def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):
     """Return (train PackedDataset, eval `datasets.Dataset` or None).
 
     Validation is `--validation_file`, else the first `validation_documents` documents of the stream,
-    which training skips. The eval blocks are materialised once (they are few) so that every
+    which training never sees. The eval blocks are materialised once (they are few) so that every
     evaluation sees the same data without re-streaming it. With several processes each rank trains on
     its own part of the stream (`split_dataset_by_node`: whole shards when they divide evenly, else
     every world_size-th document).
@@ -212,8 +241,7 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):
     if data_args.validation_file:
         eval_stream = load_text_stream(data_args, expand_files(data_args.validation_file), split="validation")
     elif data_args.validation_documents > 0:
-        eval_stream = stream.take(data_args.validation_documents)
-        stream = stream.skip(data_args.validation_documents)
+        eval_stream, stream = hold_out(stream, data_args.validation_documents, data_args.text_column)
     else:
         eval_stream = None
     if world_size > 1:

@@ -20,6 +20,16 @@ CURVES_PNG = "training_curves.png"
 MARKERS_UP_TO = 20  # with this few points a bare line is hard to see (a single point not at all)
 
 
+def jsonl_rows(path: str):
+    """The rows of a JSON Lines log; a torn line, as a kill mid-write leaves, is skipped."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
 def read_training_log(output_dir: str) -> tuple[list[dict], list[dict]]:
     """(training rows, eval rows) of `output_dir/training_log.jsonl`, each sorted by step with one row per
     step (the last one logged wins). A torn line, as a kill mid-write leaves, is skipped."""
@@ -27,14 +37,9 @@ def read_training_log(output_dir: str) -> tuple[list[dict], list[dict]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {TRAINING_LOG} in {output_dir}")
     by_type = {"train": {}, "eval": {}}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("type") in by_type and isinstance(row.get("step"), int):
-                by_type[row["type"]][row["step"]] = row
+    for row in jsonl_rows(path):
+        if row.get("type") in by_type and isinstance(row.get("step"), int):
+            by_type[row["type"]][row["step"]] = row
     return tuple([rows[step] for step in sorted(rows)] for rows in by_type.values())
 
 

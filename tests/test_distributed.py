@@ -38,12 +38,13 @@ def test_each_rank_reads_its_own_documents_and_together_all(tmp_path, tokenizer,
         pattern = str(tmp_path / "part*.jsonl")
 
     def documents(rank, world):
-        train, _ = build_datasets(data_args(train_file=pattern), tokenizer, rank, world)
+        train, _ = build_datasets(data_args(train_file=pattern, validation_documents=10, block_size=16), tokenizer,
+                                  rank, world)
         return [tuple(doc["input_ids"]) for doc in train.tokenized]
 
     rank0, rank1, single = documents(0, 2), documents(1, 2), documents(0, 1)
     assert rank0 and rank1 and not set(rank0) & set(rank1)
-    assert sorted(rank0 + rank1) == sorted(single) and len(single) == len(texts)
+    assert sorted(rank0 + rank1) == sorted(single) and len(single) == len(texts) - 10  # held out: never trained on
 
 
 @pytest.fixture(scope="module")

@@ -191,9 +191,19 @@ def bad_file(tmp_path, name, content):
     return str(path)
 
 
+def bad_bytes(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
 BAD_INPUTS = {
     "missing file": (lambda t, c: ["--train_file", str(t / "nope.jsonl")], r"data file not found: .*nope\.jsonl"),
     "empty file": (lambda t, c: ["--train_file", bad_file(t, "e.jsonl", "")], r"data file is empty: .*e\.jsonl"),
+    "not text": (lambda t, c: ["--train_file", bad_bytes(t, "z.jsonl", b'{"text": "\xff\xfe"}\n')],
+                 r"data file is not UTF-8 text: .*z\.jsonl"),
+    "glob matching nothing": (lambda t, c: ["--train_file", str(t / "shards" / "*.parquet")],
+                              r"data file not found: .*shards/\*\.parquet"),
     "invalid json line": (lambda t, c: ["--train_file", bad_file(t, "b.jsonl", '{"text": "a"}\n{"text": \n')],
                           r"invalid JSON in .*b\.jsonl at line 2"),
     "missing text column": (lambda t, c: ["--train_file", bad_file(t, "m.jsonl", '{"body": "a", "id": 1}\n')],
