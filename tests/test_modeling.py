@@ -478,6 +478,20 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-6)
 
 
+def test_compiled_model_gives_the_same_loss_and_gradients():
+    """torch.compile (as `--torch_compile`), with the aot_eager backend: the whole graph traced, no C++ build."""
+    model = tiny_model().train()
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(3))
+    plain_loss = model(input_ids, labels=input_ids).loss
+    plain_grads = torch.autograd.grad(plain_loss, list(model.parameters()))
+    compiled = torch.compile(model, backend="aot_eager")
+    compiled_loss = compiled(input_ids, labels=input_ids).loss
+    compiled_grads = torch.autograd.grad(compiled_loss, list(model.parameters()))
+    torch.testing.assert_close(compiled_loss, plain_loss, atol=1e-5, rtol=0)
+    for got, expected in zip(compiled_grads, plain_grads):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------- SDPA and eager
 
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from apprun import losses, read_log, run_app, tiny_args
 from run_pretrain import parse_args
@@ -148,3 +149,17 @@ def test_the_push_folder_holds_everything_a_hub_user_needs(finished_run):
     pushed = {name for name in os.listdir(output_dir) if not name.startswith(("checkpoint-", "_", "runs"))}
     assert {"model.safetensors", "config.json", "configuration_smollm2.py", "modeling_smollm2.py",
             "tokenizer.json", "tokenizer_config.json", "README.md", "generation_config.json"} <= pushed
+
+
+def test_torch_compile_run_matches_eager_and_saves_plain_names(tmp_path, corpus):
+    runs = {}
+    for name, extra in (("eager", {}), ("compiled", {"torch_compile": "true", "torch_compile_backend": "aot_eager"})):
+        output_dir = str(tmp_path / name)
+        result = run_app(tiny_args(output_dir, *corpus, max_steps=4, save_steps=4, eval_steps=4, generation_steps=4,
+                                   **extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = output_dir
+    assert losses(runs["compiled"]) == pytest.approx(losses(runs["eager"]), abs=1e-4)
+    for folder in (runs["compiled"], os.path.join(runs["compiled"], "checkpoint-4")):
+        with safe_open(os.path.join(folder, "model.safetensors"), framework="pt") as f:
+            assert not [key for key in f.keys() if "_orig_mod" in key]
