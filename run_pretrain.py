@@ -215,7 +215,7 @@ def is_local(name: str) -> bool:
     return os.path.exists(name) or name.startswith((".", "/", "~"))
 
 
-def from_hub_or_local(load, name: str, what: str, **kwargs):
+def from_hub_or_local(load, name: str, what: str, hint: str = "pass a local folder instead", **kwargs):
     """Call `load(name)`, turning failures into one-line errors that say what to do offline."""
     local = is_local(name)
     if not local and not hub_reachable():
@@ -227,12 +227,13 @@ def from_hub_or_local(load, name: str, what: str, **kwargs):
             raise ArgumentError(f"cannot load {what} from {name}: {str(err).splitlines()[0]}") from None
         raise ArgumentError(
             f"cannot load {what} {name!r}: the network or the Hugging Face Hub is unavailable and it is not in "
-            f"the local cache; pass a local folder instead (e.g. --tokenizer_name assets/smollm2_tokenizer)"
+            f"the local cache; {hint}"
         ) from None
 
 
 def load_tokenizer(model_args: ModelArguments):
-    return from_hub_or_local(AutoTokenizer.from_pretrained, model_args.tokenizer_name, "tokenizer")
+    return from_hub_or_local(AutoTokenizer.from_pretrained, model_args.tokenizer_name, "tokenizer",
+                             hint="pass a local folder instead (e.g. --tokenizer_name assets/smollm2_tokenizer)")
 
 
 def apply_overrides(config: SmolLM2Config, overrides: str) -> SmolLM2Config:
@@ -298,10 +299,17 @@ def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer
 def build_model(model_args: ModelArguments, config: SmolLM2Config) -> SmolLM2ForCausalLM:
     if not model_args.model_name_or_path:
         return SmolLM2ForCausalLM(config)
-    kwargs = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
-    # fp32 master weights: bf16 is autocast only
-    return from_hub_or_local(SmolLM2ForCausalLM.from_pretrained, model_args.model_name_or_path, "model",
-                             config=config, dtype=torch.float32, **kwargs)
+    if not model_args.gguf_file:
+        # fp32 master weights: bf16 is autocast only
+        return from_hub_or_local(SmolLM2ForCausalLM.from_pretrained, model_args.model_name_or_path, "model",
+                                 config=config, dtype=torch.float32)
+    loaded = from_hub_or_local(SmolLM2ForCausalLM.from_pretrained, model_args.model_name_or_path, "model",
+                               config=config, dtype=torch.float32, gguf_file=model_args.gguf_file)
+    # transformers dequantizes GGUF weights to plain tensors but still marks the model as quantized, which
+    # the Trainer refuses to train: the same weights in a plain model
+    model = SmolLM2ForCausalLM(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    return model
 
 
 def check_output_dir(path: str) -> None:
