@@ -10,6 +10,7 @@ sizes, safetensors headers and trainer state all check out.
 import json
 import os
 import re
+import shutil
 
 from safetensors import safe_open
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -43,6 +44,14 @@ def write_manifest(checkpoint: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(checkpoint, MANIFEST))
+    fsync_path(checkpoint)
+
+
+def remove_manifest(checkpoint: str) -> None:
+    try:
+        os.remove(os.path.join(checkpoint, MANIFEST))
+    except FileNotFoundError:
+        return
     fsync_path(checkpoint)
 
 
@@ -94,3 +103,17 @@ def newest_valid_checkpoint(output_dir: str, warn=print) -> str | None:
             return checkpoint
         warn(f"warning: skipping {os.path.basename(checkpoint)}: {problem}")
     return None
+
+
+def rotate_checkpoints(output_dir: str, save_total_limit: int | None, keep: str | None = None) -> None:
+    """Delete the oldest complete checkpoints beyond `save_total_limit`, never `keep` (the best one).
+
+    Only complete checkpoints count and are deleted: transformers' rotation counts every folder, so a newer
+    incomplete one (a crash mid-save, skipped at resume) could make it delete the last valid checkpoint.
+    """
+    if not save_total_limit or save_total_limit <= 0:
+        return
+    valid = [checkpoint for checkpoint in list_checkpoints(output_dir) if checkpoint_problem(checkpoint) is None]
+    for checkpoint in valid[save_total_limit:]:
+        if keep is None or os.path.abspath(checkpoint) != os.path.abspath(keep):
+            shutil.rmtree(checkpoint, ignore_errors=True)

@@ -20,10 +20,9 @@ import torch
 import transformers
 from transformers import Trainer
 from accelerate.data_loader import prepare_data_loader
-from transformers.trainer_utils import rotate_checkpoints
 
 from callbacks import ProgressBarCallback, ProgressLinesCallback, StepTimer
-from checkpoints import write_manifest
+from checkpoints import remove_manifest, rotate_checkpoints, write_manifest
 
 
 class NonFiniteLossError(RuntimeError):
@@ -136,19 +135,22 @@ class PretrainingTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial):
-        # rotate only once the new checkpoint is complete, so that a crash mid-save can never leave
-        # fewer valid checkpoints than save_total_limit promises
+        # rotate (among complete checkpoints) only once the new one is complete, so that a crash mid-save
+        # can never leave fewer valid checkpoints than save_total_limit promises
+        checkpoint = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        if self.args.should_save:
+            # saving over an older checkpoint of the same step: it stops counting as complete right away
+            remove_manifest(checkpoint)
+        self.accelerator.wait_for_everyone()
         limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
-        checkpoint = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
         dataloader = self.callback_handler.train_dataloader
         os.makedirs(checkpoint, exist_ok=True)
         torch.save(dataloader.state_dict(), os.path.join(checkpoint, data_state_file(self.args.process_index)))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             write_manifest(checkpoint)
-            rotate_checkpoints(output_dir=self._get_output_dir(trial), save_total_limit=limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            rotate_checkpoints(self._get_output_dir(trial), limit, keep=self.state.best_model_checkpoint)

@@ -4,6 +4,7 @@ checkpoint, non-finite steps, and one-line errors that leave output_dir untouche
 import hashlib
 import os
 import re
+import shutil
 import signal
 import time
 
@@ -250,3 +251,20 @@ def test_malformed_config_file(tmp_path, content):
     result = run_app([path])
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "bad.yaml" in result.stderr, result.stderr
+
+
+def test_save_total_limit_keeps_the_newest_complete_checkpoint(tmp_path, corpus):
+    output_dir = str(tmp_path / "run")
+    argv = tiny_args(output_dir, *corpus, max_steps=8, save_steps=4, eval_steps=100, generation_steps=0,
+                     save_total_limit=1)
+    assert run_app(argv).returncode == 0
+    assert sorted(n for n in os.listdir(output_dir) if n.startswith("checkpoint-")) == ["checkpoint-8"]
+    # a crash mid-save left a newer, incomplete checkpoint behind
+    shutil.copytree(os.path.join(output_dir, "checkpoint-8"), os.path.join(output_dir, "checkpoint-100"))
+    os.remove(os.path.join(output_dir, "checkpoint-100", "checkpoint_manifest.json"))
+    result = run_app(argv[:argv.index("--max_steps")] + ["--max_steps", "12"] + argv[argv.index("--max_steps") + 2:])
+    assert result.returncode == 0, result.stderr
+    assert "skipping checkpoint-100" in result.stdout and "Resuming from checkpoint-8" in result.stdout
+    assert checkpoint_problem(os.path.join(output_dir, "checkpoint-12")) is None
+    assert not os.path.exists(os.path.join(output_dir, "checkpoint-8"))
+    assert os.path.isdir(os.path.join(output_dir, "checkpoint-100"))  # not ours to delete: named in a warning
