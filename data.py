@@ -48,7 +48,7 @@ def check_local_file(path: str, text_column: str) -> None:
         raise DataError(f"data file is empty: {path}")
     try:
         check_contents(path, builder_for(path), text_column)
-    except UnicodeDecodeError as err:
+    except UnicodeDecodeError:
         raise DataError(f"data file is not UTF-8 text: {path}") from None
 
 

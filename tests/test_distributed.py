@@ -9,9 +9,8 @@ import time
 import pytest
 
 from apprun import app_env, losses, read_log, tiny_args
-from conftest import ROOT
+from conftest import ROOT, write_jsonl
 from data import build_datasets
-from conftest import write_jsonl
 from test_data import data_args
 from test_reliability import wait_for_step
 
