@@ -37,6 +37,38 @@ except ImportError:  # imported as a top-level module rather than from a Hub pac
 IGNORE_INDEX = -100  # label value that takes no part in the loss (PyTorch's and transformers' convention)
 
 
+class SmolLM2RMSNormFunction(torch.autograd.Function):
+    """`weight * normalised(x)` with a hand-written backward that keeps the input and one scale per token.
+
+    Autograd would also keep the normalised (tokens, hidden) copy, one per norm and two norms per layer; the
+    backward recomputes it from the input instead (one multiply), and runs in fewer kernels.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states, weight, eps):
+        # The mean square in bf16 loses the small components; fp32 (at least) is what the checkpoints were trained
+        # with. fp64 stays fp64, for gradcheck.
+        input_dtype = hidden_states.dtype
+        ctx.compute_dtype = torch.promote_types(input_dtype, torch.float32)
+        upcast = hidden_states.to(ctx.compute_dtype)
+        rstd = torch.rsqrt(upcast.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+        ctx.save_for_backward(hidden_states, weight, rstd)
+        return weight * (upcast * rstd).to(input_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        hidden_states, weight, rstd = ctx.saved_tensors
+        normed = hidden_states.to(ctx.compute_dtype) * rstd
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad_output.to(ctx.compute_dtype) * normed).reshape(-1, weight.shape[0]).sum(0)
+            grad_weight = grad_weight.to(weight.dtype)
+        grad_normed = (grad_output * weight).to(ctx.compute_dtype)
+        # d/dx of x * rsqrt(mean(x^2)): rstd times the part of grad_normed orthogonal to normed
+        grad_input = rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
+        return grad_input.to(hidden_states.dtype), grad_weight, None
+
+
 class SmolLM2RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
@@ -44,12 +76,7 @@ class SmolLM2RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # The mean square in bf16 loses the small components; fp32 is what the checkpoints were trained with.
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.float()
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
+        return SmolLM2RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
 
 
 class SmolLM2RotaryEmbedding(nn.Module):
@@ -250,6 +277,62 @@ class SmolLM2LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
+class SmolLM2SwiGLUFunction(torch.autograd.Function):
+    """`down_proj(silu(gate_proj(x)) * up_proj(x))` from the three weights, keeping x, gate and up for backward.
+
+    Autograd would also keep silu(gate) and the product, two more (tokens, intermediate) tensors per layer: the
+    largest activations of the model. Backward recomputes both (elementwise, cheap) instead; the matmuls are the
+    same as autograd's, and none is repeated.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states, gate_weight, up_weight, down_weight):
+        gate = F.linear(hidden_states, gate_weight)  # (..., intermediate)
+        up = F.linear(hidden_states, up_weight)
+        output = F.linear(F.silu(gate).mul_(up), down_weight)  # in place: one (tokens, intermediate) buffer fewer
+        # gate.dtype is the compute dtype: autocast's when forward ran under it. Backward runs outside autocast,
+        # so it casts to that dtype itself, and x is kept in it (half the bytes in bf16), as autocast's linears do.
+        ctx.input_dtype = hidden_states.dtype
+        ctx.save_for_backward(hidden_states.to(gate.dtype), gate, up, gate_weight, up_weight, down_weight)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        hidden_states, gate, up, gate_weight, up_weight, down_weight = ctx.saved_tensors
+        dtype = gate.dtype
+        # 2D views: (tokens, hidden) and (tokens, intermediate)
+        hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])
+        gate, up = gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1])
+        grad_output_2d = grad_output.to(dtype).reshape(-1, grad_output.shape[-1])
+        activation = F.silu(gate)
+        grad_intermediate = grad_output_2d @ down_weight.to(dtype)  # d(loss)/d(silu(gate) * up)
+        grad_up = grad_intermediate * activation
+        # In place from here on (each buffer's last use), sparing fresh (tokens, intermediate) allocations
+        grad_gate = torch.ops.aten.silu_backward(grad_intermediate.mul_(up), gate)
+        intermediate = activation.mul_(up)  # silu(gate) * up, the down projection's input
+        grad_hidden = grad_gate_weight = grad_up_weight = grad_down_weight = None
+        if ctx.needs_input_grad[0]:
+            # addmm sums the two products in the GEMM: no separate pass to add them
+            grad_hidden = torch.addmm(grad_gate @ gate_weight.to(dtype), grad_up, up_weight.to(dtype))
+            grad_hidden = grad_hidden.reshape(grad_output.shape[:-1] + (-1,)).to(ctx.input_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_gate_weight = (grad_gate.t() @ hidden_states).to(gate_weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_up_weight = (grad_up.t() @ hidden_states).to(up_weight.dtype)
+        if ctx.needs_input_grad[3]:
+            grad_down_weight = (grad_output_2d.t() @ intermediate).to(down_weight.dtype)
+        return grad_hidden, grad_gate_weight, grad_up_weight, grad_down_weight
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """True for an nn.Linear without bias or hooks, whose forward is `F.linear(x, module.weight)` and nothing else."""
+    return (
+        type(module) is nn.Linear
+        and module.bias is None
+        and not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+    )
+
+
 class SmolLM2MLP(nn.Module):
     def __init__(self, config: SmolLM2Config):
         super().__init__()
@@ -257,9 +340,14 @@ class SmolLM2MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.act_fn = ACT2FN[config.hidden_act]
+        self.is_swiglu = config.hidden_act == "silu"  # SmolLM2SwiGLUFunction is written for SiLU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+        projections = (self.gate_proj, self.up_proj, self.down_proj)
+        if self.is_swiglu and all(is_plain_linear(module) for module in projections):
+            return SmolLM2SwiGLUFunction.apply(x, *(module.weight for module in projections))
+        # Wrapped projections (LoRA adapters, quantised or hooked linears) must run as modules.
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class SmolLM2Attention(nn.Module):

@@ -38,16 +38,22 @@ def flops_per_token(config, seq_len: int) -> float:
     return 6 * parameter_count(config) + attention
 
 
-def measured_matmul_flops(size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
-    """The best FLOP/s of a square matmul on this CPU: the practical peak that CPU MFU is measured against."""
+def matmul_probe(size: int = 2048, dtype=torch.float32):
+    """A square matmul to time, and its FLOPs: the practical peak that CPU MFU is measured against."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)  # warm-up: thread pool, allocator
+    return (lambda: torch.matmul(a, b)), 2 * size**3
+
+
+def measured_matmul_flops(repeats: int = 5, dtype=torch.float32) -> float:
+    """The best FLOP/s of `matmul_probe` on this CPU."""
+    probe, flops = matmul_probe(dtype=dtype)
+    probe()  # warm-up: thread pool, allocator
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.matmul(a, b)
+        probe()
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    return flops / best
 
 
 def device_peak_flops(device, dtype=torch.bfloat16, override_tflops: float | None = None) -> float | None:

@@ -12,8 +12,14 @@ warm-up steps, so that drift in a shared machine's load hits both alike, and the
 Reported per model: median step time (forward + backward + AdamW step), tokens/s, MFU, the step's extra memory,
 greedy generation tokens/s, and ours against Llama: speed as the median of per-round ratios (above 1: ours is
 faster), memory as ours / Llama (below 1: ours needs less).
-MFU = tokens/s x FLOPs/token (PaLM count, throughput.flops_per_token) / peak FLOP/s (throughput.device_peak_flops:
-a named GPU's dense bf16 peak, or on CPU the measured matmul rate of this machine; --peak_tflops overrides).
+MFU = tokens/s x FLOPs/token (PaLM count, throughput.flops_per_token) / peak FLOP/s: a named GPU's dense bf16 peak
+(throughput.device_peak_flops), or on CPU the rate of a 2048 x 2048 matmul timed in the same interleaved rounds as
+the steps, MFU then being the median over rounds of each step's rate over its round's matmul rate: a shared machine's
+load slows both alike; --peak_tflops overrides.
+
+On CPU one more step of each model runs under torch.profiler, to split its time into matmuls, attention, the
+optimizer and everything else. Both models run the same matmuls, attention and optimizer, so Llama's step time over
+its time without the "other" part bounds the speed ratio that any rewrite of the elementwise work could reach.
 """
 
 import argparse
@@ -26,6 +32,7 @@ import threading
 import time
 
 import torch
+from torch.profiler import profile
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
@@ -33,12 +40,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from configuration_smollm2 import SmolLM2Config  # noqa: E402
 from modeling_smollm2 import SmolLM2ForCausalLM  # noqa: E402
-from throughput import device_peak_flops, flops_per_token  # noqa: E402
+from throughput import device_peak_flops, flops_per_token, matmul_probe  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # SmolLM2Config fields that LlamaConfig does not have (or must not inherit, like model_type)
 NOT_LLAMA_FIELDS = ("model_type", "architectures", "auto_map", "loss_chunk_size", "transformers_version", "dtype")
+# Profiler op-name prefixes per kind of work; every other op counts as "other".
+OP_KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "attention": ("aten::_scaled_dot_product", "aten::_flash_attention", "aten::_efficient_attention"),
+    "optimizer": ("aten::_fused_adam", "aten::_foreach"),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -196,6 +209,19 @@ def generate_step(model, prompt, new_tokens):
     )
 
 
+def cpu_time_by_kind(step) -> dict:
+    """Seconds of one call of `step` per kind of op (OP_KINDS, "other", "total"), from torch.profiler's self CPU
+    times: each op's own time, without the ops it calls."""
+    with profile() as prof:
+        step()
+    seconds = dict.fromkeys([*OP_KINDS, "other"], 0.0)
+    for event in prof.key_averages():
+        kind = next((kind for kind, prefixes in OP_KINDS.items() if event.key.startswith(prefixes)), "other")
+        seconds[kind] += event.self_cpu_time_total / 1e6
+    seconds["total"] = sum(seconds.values())
+    return seconds
+
+
 def round_ratio(numerator: list, denominator: list) -> float:
     """Median over rounds of the per-round ratio: robust to load that changes between rounds, which a ratio of
     the two medians is not."""
@@ -220,7 +246,9 @@ def main(argv=None):
     models = {"ours": ours, "llama": llama}
     tokens = args.batch_size * args.block_size
     step_flops = flops_per_token(config, args.block_size) * tokens
-    peak = device_peak_flops(device, dtype, args.peak_tflops)
+    # On CPU the peak is measured in the timing rounds below, unless given
+    interleaved_peak = device.type == "cpu" and not args.peak_tflops
+    peak = None if interleaved_peak else device_peak_flops(device, dtype, args.peak_tflops)
 
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
@@ -231,11 +259,11 @@ def main(argv=None):
         f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, "
         f"{ours.num_parameters():,} parameters; step {args.batch_size} x {args.block_size} tokens"
         f"{' with gradient checkpointing' if args.gradient_checkpointing else ''}; "
-        f"llama attention: {llama.config._attn_implementation}; "
-        f"peak for MFU: {'unknown' if peak is None else f'{peak / 1e12:.2f} TFLOP/s'}"
+        f"llama attention: {llama.config._attn_implementation}"
     )
 
     rows = {name: {} for name in models}
+    breakdown = {}
     if "train" not in args.skip:
         input_ids = torch.randint(0, config.vocab_size, (args.batch_size, args.block_size), device=device)
         steps = {}
@@ -249,12 +277,25 @@ def main(argv=None):
                 rows[f"{name}+compile"] = {}
         if args.compile and device.type != "cuda":
             print("--compile skipped: inductor's CPU compile takes minutes and is not what this benchmark is for")
-        for name, times in time_interleaved(steps, device, args.warmup, args.repeats).items():
-            seconds = statistics.median(times)
-            rows[name]["step_times"] = times
+        if interleaved_peak:
+            steps["matmul"], matmul_flops = matmul_probe(dtype=dtype)
+        times = time_interleaved(steps, device, args.warmup, args.repeats)
+        matmul_times = times.pop("matmul", None)
+        if matmul_times:
+            peak = matmul_flops / statistics.median(matmul_times)
+        for name, step_times in times.items():
+            seconds = statistics.median(step_times)
+            rows[name]["step_times"] = step_times
             rows[name]["step_s"] = seconds
             rows[name]["tokens_per_s"] = tokens / seconds
-            rows[name]["mfu"] = step_flops / seconds / peak if peak else None
+            if matmul_times:  # each round's step against the same round's matmul, as for the speed ratio
+                rows[name]["mfu"] = round_ratio([step_flops / matmul_flops * t for t in matmul_times], step_times)
+            elif peak:
+                rows[name]["mfu"] = step_flops / seconds / peak
+        if device.type == "cpu":
+            breakdown = {name: cpu_time_by_kind(steps[name]) for name in models}
+    print(f"peak for MFU: {'unknown' if peak is None else f'{peak / 1e12:.3f} TFLOP/s'}"
+          f"{' (matmul measured in the timing rounds)' if interleaved_peak and peak else ''}")
 
     if "memory" not in args.skip:
         for name, model in models.items():
@@ -284,6 +325,16 @@ def main(argv=None):
         mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
         gen = f"{row['gen_tokens_per_s']:,.1f}" if "gen_tokens_per_s" in row else "-"
         print(f"{name:<16}{step:>10}{tps:>12}{mfu:>8}{fmt_bytes(row.get('memory')):>18}{gen:>15}")
+
+    if breakdown:
+        print()
+        print("one profiled step, seconds of CPU time per kind of op:")
+        print(f"{'model':<16}" + "".join(f"{kind:>11}" for kind in breakdown["ours"]))
+        for name, seconds in breakdown.items():
+            print(f"{name:<16}" + "".join(f"{value:>11.3f}" for value in seconds.values()))
+        total, other = breakdown["llama"]["total"], breakdown["llama"]["other"]
+        # ours runs the same matmuls, attention and optimizer: at best it drops all of Llama's "other" time
+        print(f"speed bound, llama total / llama without 'other': {total / (total - other):.2f}x")
 
     ours_row, llama_row = rows["ours"], rows["llama"]
     print()

