@@ -13,8 +13,9 @@ import glob
 import hashlib
 import json
 import os
-from itertools import islice
+from itertools import chain, islice
 
+import numpy as np
 import torch
 from datasets import Dataset, IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
@@ -183,16 +184,23 @@ class PackedDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         block_size = self.block_size
-        buffer = list(self._leftover)
+        # Documents are collected as lists and joined once a block is full: appending each document to one
+        # growing list would copy the whole buffer per document, and torch.tensor(list) converts int by int.
+        pieces, length = [self._leftover], len(self._leftover)
         for example in self.tokenized:
-            # a new list, not extend(): the last state_dict() holds the previous one and must not change
-            buffer = buffer + example["input_ids"]
-            while len(buffer) >= block_size:
-                block, buffer = buffer[:block_size], buffer[block_size:]
+            pieces.append(example["input_ids"])
+            length += len(example["input_ids"])
+            if length < block_size:
+                continue
+            tokens = torch.from_numpy(np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=length))
+            start = 0
+            while length - start >= block_size:
+                input_ids = tokens[start : start + block_size]
+                start += block_size
                 # the position after this sample, for a resume that starts with the next one
-                self._state = {"source": self.tokenized.state_dict(), "leftover": buffer}
-                input_ids = torch.tensor(block, dtype=torch.long)
+                self._state = {"source": self.tokenized.state_dict(), "leftover": tokens[start:].tolist()}
                 yield {"input_ids": input_ids, "labels": input_ids}
+            pieces, length = [self._state["leftover"]], length - start
 
     def state_dict(self) -> dict:
         return self._state
