@@ -2,10 +2,10 @@
 
 Parameter names are LlamaForCausalLM's, so official checkpoints load with no key map and any Llama state dict copies
 in strictly. Differences from transformers' Llama are about cost, not maths: with `labels` the loss is computed in
-chunks and never materialises the `(batch, seq, vocab)` logits (`logits` is then `None`); RMSNorm and the SwiGLU MLP
-have hand-written backward passes that keep fewer activations (recomputing the cheap elementwise ones); and an
-explicit attention mask is only built when there is padding or a cache offset, so SDPA keeps its `is_causal` kernels
-otherwise.
+chunks and never materialises the `(batch, seq, vocab)` logits (`logits` is then `None`); RMSNorm, RoPE and the
+SwiGLU MLP have hand-written backward passes, used when grad is enabled, that keep fewer activations (recomputing the
+cheap elementwise ones) in fewer kernels; and an explicit attention mask is only built when there is padding or a
+cache offset, so SDPA keeps its `is_causal` kernels otherwise.
 
 Loading (official SmolLM2 checkpoints are Llama-format: config.json with model_type "llama"):
     SmolLM2ForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")           # Llama-format folder or Hub id
