@@ -469,7 +469,7 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
 # ------------------------------------------------------------------------------------ hand-written backward
 
 
-def test_rmsnorm_and_swiglu_functions_pass_gradcheck():
+def test_rmsnorm_rotary_and_swiglu_functions_pass_gradcheck():
     """Finite differences in fp64 against the hand-written backward passes, with the model's shapes."""
     generator = torch.Generator().manual_seed(7)
 
