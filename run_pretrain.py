@@ -299,12 +299,12 @@ def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer
 def build_model(model_args: ModelArguments, config: SmolLM2Config) -> SmolLM2ForCausalLM:
     if not model_args.model_name_or_path:
         return SmolLM2ForCausalLM(config)
-    if not model_args.gguf_file:
-        # fp32 master weights: bf16 is autocast only
-        return from_hub_or_local(SmolLM2ForCausalLM.from_pretrained, model_args.model_name_or_path, "model",
-                                 config=config, dtype=torch.float32)
+    kwargs = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
+    # fp32 master weights: bf16 is autocast only
     loaded = from_hub_or_local(SmolLM2ForCausalLM.from_pretrained, model_args.model_name_or_path, "model",
-                               config=config, dtype=torch.float32, gguf_file=model_args.gguf_file)
+                               config=config, dtype=torch.float32, **kwargs)
+    if not model_args.gguf_file:
+        return loaded
     # transformers dequantizes GGUF weights to plain tensors but still marks the model as quantized, which
     # the Trainer refuses to train: the same weights in a plain model
     model = SmolLM2ForCausalLM(loaded.config)
