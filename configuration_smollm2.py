@@ -61,9 +61,10 @@ class SmolLM2Config(PretrainedConfig):
         mlp_bias (`bool`, *optional*, defaults to `False`):
             Llama's bias switch for the feed-forward layer. Only `False` is accepted, for the same reason.
         loss_chunk_size (`int`, *optional*, defaults to 1024):
-            Tokens per chunk of the loss when labels are given. Logits are computed, turned into gradients and
-            dropped chunk by chunk, so the loss holds two `loss_chunk_size x vocab_size` fp32 buffers (2 x 201 MB at
-            1024 x 49152) instead of several `batch x seq x vocab_size` ones (3.2 GB each at 8 x 2048 x 49152).
+            Tokens per chunk of the loss when labels are given. Logits are computed and turned into gradients in
+            one `loss_chunk_size x vocab_size` buffer reused by every chunk (201 MB in fp32 at 1024 x 49152, plus
+            a bf16 twin under autocast) instead of several `batch x seq x vocab_size` ones (3.2 GB each at
+            8 x 2048 x 49152).
             Smaller saves memory; larger issues fewer, bigger matmuls (1024 rows already fill a GPU).
 
     Other Llama keys are accepted at the values that mean "plain SmolLM2": `attention_dropout=0.0`,

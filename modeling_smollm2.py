@@ -234,37 +234,6 @@ def causal_attention_mask(
     return mask
 
 
-def chunk_cross_entropy_and_grads(
-    hidden_chunk: torch.Tensor,
-    weight: torch.Tensor,
-    label_chunk: torch.Tensor,
-    needs_hidden_grad: bool,
-    needs_weight_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Summed cross-entropy of one chunk's logits `hidden_chunk @ weight.T`, and its gradients with respect to
-    hidden_chunk (chunk, hidden) and weight (vocab, hidden) when asked for.
-
-    A function of its own so that the (chunk, vocab) buffers are freed on return, before the next chunk allocates.
-    """
-    keep = (label_chunk != IGNORE_INDEX).unsqueeze(1)  # (chunk, 1)
-    target = label_chunk.clamp(min=0).unsqueeze(1)  # any valid index on ignored rows; they are masked out
-    # fp32 for the softmax, as transformers' causal-LM loss upcasts: bf16 log-probabilities are too coarse
-    log_probs = F.linear(hidden_chunk, weight).float().log_softmax(dim=-1)  # (chunk, vocab)
-    loss = -log_probs.gather(1, target).masked_fill_(~keep, 0.0).sum()
-    grad_hidden = grad_weight = None
-    if needs_hidden_grad or needs_weight_grad:
-        # d(loss)/d(logits) = softmax - one_hot(label), built in place over the log-probabilities. Ignored rows are
-        # zeroed through the (chunk, hidden) factors rather than in this (chunk, vocab) tensor: same result, cheaper.
-        grad_logits = log_probs.exp_()
-        grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
-        grad_logits = grad_logits.to(weight.dtype)
-        if needs_hidden_grad:
-            grad_hidden = (grad_logits @ weight).masked_fill_(~keep, 0.0)
-        if needs_weight_grad:
-            grad_weight = grad_logits.t() @ hidden_chunk.masked_fill(~keep, 0.0)
-    return loss, grad_hidden, grad_weight
-
-
 class SmolLM2LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `hidden_states @ weight.T` against labels, `chunk_size` tokens at a time.
 
@@ -279,22 +248,55 @@ class SmolLM2LinearCrossEntropy(torch.autograd.Function):
         # under torch.no_grad(), so the caller says whether a backward can follow (evaluation skips the gradients).
         needs_hidden_grad = grad_enabled and ctx.needs_input_grad[0]
         needs_weight_grad = grad_enabled and ctx.needs_input_grad[1]
-        loss = torch.zeros((), dtype=torch.float32, device=hidden_states.device)
-        grad_hidden = torch.empty_like(hidden_states) if needs_hidden_grad else None
+        # The matmuls run in autocast's dtype when it is on, as F.linear's would. The softmax runs in fp32 at least,
+        # as transformers' causal-LM loss upcasts: bf16 log-probabilities are too coarse. fp64 stays fp64 (gradcheck).
+        device_type = hidden_states.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        else:
+            dtype = torch.promote_types(hidden_states.dtype, weight.dtype)
+        score_dtype = torch.promote_types(dtype, torch.float32)
+        hidden, weight_in_dtype = hidden_states.to(dtype), weight.to(dtype)
+        tokens, vocab_size = hidden.shape[0], weight.shape[0]
+        # One (chunk, vocab) buffer serves every chunk, overwritten in place: logits, log-probabilities,
+        # d(loss)/d(logits). A fresh tensor for each is a fresh mapping of up to hundreds of MB on CPU, whose page
+        # faults cost more than the softmax itself, and a separate pass to add each chunk's weight gradient.
+        logits_buffer = hidden.new_empty(min(chunk_size, tokens), vocab_size)
+        scores_buffer = logits_buffer if dtype == score_dtype else torch.empty_like(logits_buffer, dtype=score_dtype)
+        loss = torch.zeros((), dtype=score_dtype, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if needs_hidden_grad else None
         grad_weight = None
-        for start in range(0, hidden_states.shape[0], chunk_size):
+        for start in range(0, tokens, chunk_size):
             chunk = slice(start, start + chunk_size)
-            chunk_loss, chunk_grad_hidden, chunk_grad_weight = chunk_cross_entropy_and_grads(
-                hidden_states[chunk], weight, labels[chunk], needs_hidden_grad, needs_weight_grad
-            )
-            loss += chunk_loss
+            hidden_chunk, label_chunk = hidden[chunk], labels[chunk]
+            rows = hidden_chunk.shape[0]
+            keep = (label_chunk != IGNORE_INDEX).unsqueeze(1)  # (rows, 1)
+            target = label_chunk.clamp(min=0).unsqueeze(1)  # any valid index on ignored rows; they are masked out
+            logits = torch.mm(hidden_chunk, weight_in_dtype.t(), out=logits_buffer[:rows])  # (rows, vocab)
+            scores = logits if dtype == score_dtype else scores_buffer[:rows].copy_(logits)
+            # in place (out= its own input): each row is read in full before it is written
+            log_probs = torch.log_softmax(scores, dim=-1, out=scores)
+            loss -= log_probs.gather(1, target).masked_fill_(~keep, 0.0).sum()
+            if not (needs_hidden_grad or needs_weight_grad):
+                continue
+            # d(loss)/d(logits) = softmax - one_hot(label). Ignored rows are zeroed through the (rows, hidden) factors
+            # rather than in this (rows, vocab) tensor: same result, cheaper.
+            grad_logits = log_probs.exp_().scatter_add_(1, target, torch.full_like(target, -1, dtype=score_dtype))
+            if grad_logits is not logits:
+                grad_logits = logits.copy_(grad_logits)  # back to the matmul dtype
             if needs_hidden_grad:
-                grad_hidden[chunk] = chunk_grad_hidden
-            if needs_weight_grad and grad_weight is None:
-                grad_weight = chunk_grad_weight
-            elif needs_weight_grad:
-                # summed in fp32: adding many chunks' bf16 products would round away the small ones
-                grad_weight = grad_weight.float().add_(chunk_grad_weight)
+                torch.mm(grad_logits, weight_in_dtype, out=grad_hidden[chunk]).masked_fill_(~keep, 0.0)
+            if needs_weight_grad:
+                hidden_kept = hidden_chunk.masked_fill(~keep, 0.0)
+                if grad_weight is None:
+                    grad_weight = (grad_logits.t() @ hidden_kept).to(score_dtype)
+                elif grad_weight.dtype == dtype:
+                    grad_weight.addmm_(grad_logits.t(), hidden_kept)  # summed inside the GEMM: no (vocab, hidden) copy
+                else:
+                    # summed in fp32: adding many chunks' bf16 products would round away the small ones
+                    grad_weight.add_(grad_logits.t() @ hidden_kept)
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.to(hidden_states.dtype)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
