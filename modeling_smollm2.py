@@ -70,8 +70,10 @@ class SmolLM2RMSNormFunction(torch.autograd.Function):
             grad_weight = (grad_output.to(rstd.dtype) * normed).reshape(-1, weight.shape[0]).sum(0)
             grad_weight = grad_weight.to(weight.dtype)
         grad_normed = (grad_output * weight).to(rstd.dtype)
-        # d/dx of x * rsqrt(mean(x^2)): rstd times the part of grad_normed orthogonal to normed
-        grad_input = rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
+        # d/dx of x * rsqrt(mean(x^2)): rstd times the part of grad_normed orthogonal to normed, built in place in
+        # the two fresh tensors above (normed and grad_normed are not needed afterwards)
+        projection = (grad_normed * normed).mean(-1, keepdim=True)
+        grad_input = grad_normed.sub_(normed.mul_(projection)).mul_(rstd)
         return grad_input.to(hidden_states.dtype), grad_weight, None
 
 
@@ -106,38 +108,42 @@ class SmolLM2RotaryEmbedding(nn.Module):
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Rotates half the hidden dims of the input."""
-    x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
+def sign_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: Llama's `rotate_half(x) * sin` is then `x.roll(half) * sign_sin(sin)`."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
-def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE: each pair (i, i + head_dim / 2) of `states` turned by its position's angle."""
-    return states * cos + rotate_half(states) * sin
+def rotate(states: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """RoPE: each pair (i, i + head_dim / 2) of `states` turned by its position's angle; `signed_sin` is
+    `sign_sin(sin)`.
+
+    Llama's `states * cos + rotate_half(states) * sin` in three kernels instead of five: rotate_half's two slices,
+    negation and concatenation become one roll, its sign moves into the (per-position, not per-head) sin, and the
+    multiply-add is one addcmul.
+    """
+    return torch.addcmul(states * cos, states.roll(states.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class SmolLM2RotaryFunction(torch.autograd.Function):
-    """`rotate` with a hand-written backward: the rotation's transpose.
+    """`rotate` with a hand-written backward: the rotation's transpose, in the same three kernels.
 
-    Autograd's backward of rotate_half's two slices zero-fills and copies a full-size gradient for each of them, per
-    query and key, per layer; the transpose is one concatenation.
+    Autograd would keep the rolled copy of every query and key for the addcmul's backward, and add a roll's
+    backward; the transpose needs only cos and sin.
     """
 
     @staticmethod
-    def forward(ctx, states, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return rotate(states, cos, sin)
+    def forward(ctx, states, cos, signed_sin):
+        ctx.save_for_backward(cos, signed_sin)
+        return rotate(states, cos, signed_sin)
 
     @staticmethod
     def backward(ctx, grad_output):
-        cos, sin = ctx.saved_tensors
-        grad_rotated = grad_output * sin
-        half = grad_rotated.shape[-1] // 2
-        # rotate_half maps (x1, x2) to (-x2, x1); its transpose maps (y1, y2) to (y2, -y1)
-        unrotated = torch.cat((grad_rotated[..., half:], -grad_rotated[..., :half]), dim=-1)
-        return grad_output * cos + unrotated, None, None
+        cos, signed_sin = ctx.saved_tensors
+        # The rotation is x -> x * cos + roll(x) * signed_sin; its transpose is g -> g * cos + roll(g * signed_sin),
+        # and roll(signed_sin) = -signed_sin because both halves of sin are the same angles.
+        rolled = grad_output.roll(grad_output.shape[-1] // 2, dims=-1)
+        return torch.addcmul(grad_output * cos, rolled, signed_sin, value=-1), None, None
 
 
 def apply_rotary_pos_emb(
@@ -145,9 +151,9 @@ def apply_rotary_pos_emb(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotates q and k, both (batch, heads, seq, head_dim), by cos/sin of shape (batch, seq, head_dim)."""
     cos = cos.unsqueeze(1)  # broadcast over heads
-    sin = sin.unsqueeze(1)
+    signed_sin = sign_sin(sin).unsqueeze(1)
     rotation = SmolLM2RotaryFunction.apply if torch.is_grad_enabled() else rotate  # see SmolLM2RMSNorm.forward
-    return rotation(q, cos, sin), rotation(k, cos, sin)
+    return rotation(q, cos, signed_sin), rotation(k, cos, signed_sin)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:

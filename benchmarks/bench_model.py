@@ -4,7 +4,8 @@ Both models get the same weights (a state-dict copy), Llama its default attentio
 default optimizer (fused AdamW). Speed is timed interleaved in one process (ours, Llama, ours, Llama, ...) after
 warm-up steps, so that drift in a shared machine's load hits both alike, and the median is reported.
 
-    python benchmarks/bench_model.py                           # SmolLM2-135M, 1 x 256 tokens, CPU fp32
+    python benchmarks/bench_model.py                           # SmolLM2-135M, 8 x 256 tokens, CPU fp32 (minutes)
+    python benchmarks/bench_model.py --batch_size 1 --skip memory  # one sequence: the matmuls' least efficient shape
     python benchmarks/bench_model.py --config tiny --repeats 3  # a few seconds
     python benchmarks/bench_model.py --skip train generate --batch_size 4 --block_size 2048 --layers 2  # memory
     python benchmarks/bench_model.py --batch_size 8 --block_size 2048 --dtype bf16 --compile       # on a GPU
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["135m", "tiny"], default="135m", help="model preset")
     parser.add_argument("--layers", type=int, help="override num_hidden_layers (quick runs, memory at long blocks)")
-    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=8, help="sequences per step (the recipe's 8)")
     parser.add_argument("--block_size", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter and compute dtype")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")

@@ -31,6 +31,7 @@ from modeling_smollm2 import (
     SmolLM2RotaryFunction,
     SmolLM2SwiGLUFunction,
     causal_attention_mask,
+    sign_sin,
 )
 
 
@@ -467,9 +468,10 @@ def test_rmsnorm_rotary_and_swiglu_functions_pass_gradcheck():
     hidden_states = rand(2, 3, 8)
     assert torch.autograd.gradcheck(SmolLM2RMSNormFunction.apply, (hidden_states, rand(8), 1e-5))
     assert torch.autograd.gradcheck(SmolLM2SwiGLUFunction.apply, (hidden_states, rand(6, 8), rand(6, 8), rand(8, 6)))
-    # (batch, heads, seq, head_dim) rotated by (batch, 1, seq, head_dim) cos/sin
+    # (batch, heads, seq, head_dim) rotated by (batch, 1, seq, head_dim) cos/sin, the same angles in both halves
     angles = torch.rand(2, 1, 3, 4, dtype=torch.float64, generator=generator).repeat(1, 1, 1, 2)
-    assert torch.autograd.gradcheck(SmolLM2RotaryFunction.apply, (rand(2, 5, 3, 8), angles.cos(), angles.sin()))
+    arguments = (rand(2, 5, 3, 8), angles.cos(), sign_sin(angles.sin()))
+    assert torch.autograd.gradcheck(SmolLM2RotaryFunction.apply, arguments)
 
 
 def saved_activation_bytes(layer, hidden_states, *args, **kwargs) -> int:
