@@ -126,10 +126,10 @@ def rotate(states: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) ->
 
 
 class SmolLM2RotaryFunction(torch.autograd.Function):
-    """`rotate` with a hand-written backward: the rotation's transpose, in the same three kernels.
+    """`rotate` with a hand-written backward: the rotation's transpose, in three kernels.
 
-    Autograd would keep the rolled copy of every query and key for the addcmul's backward, and add a roll's
-    backward; the transpose needs only cos and sin.
+    Autograd's backward of the same ops takes four per query and key (two multiplies, the roll's inverse and the
+    sum of the two paths).
     """
 
     @staticmethod
