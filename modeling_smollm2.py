@@ -91,7 +91,7 @@ class SmolLM2RMSNorm(nn.Module):
 
 
 class SmolLM2RotaryEmbedding(nn.Module):
-    """cos/sin of the default RoPE, computed once per forward and shared by every layer."""
+    """cos and `sign_sin(sin)` of the default RoPE, computed once per forward and shared by every layer."""
 
     def __init__(self, config: SmolLM2Config):
         super().__init__()
@@ -105,7 +105,7 @@ class SmolLM2RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (self.rope_theta**exponents)
         freqs = position_ids[..., None].float() * inv_freq  # (batch, seq, head_dim / 2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (batch, seq, head_dim)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return emb.cos().to(x.dtype), sign_sin(emb.sin()).to(x.dtype)
 
 
 def sign_sin(sin: torch.Tensor) -> torch.Tensor:
@@ -147,11 +147,12 @@ class SmolLM2RotaryFunction(torch.autograd.Function):
 
 
 def apply_rotary_pos_emb(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotates q and k, both (batch, heads, seq, head_dim), by cos/sin of shape (batch, seq, head_dim)."""
+    """Rotates q and k, both (batch, heads, seq, head_dim), by cos and `sign_sin(sin)` of shape
+    (batch, seq, head_dim)."""
     cos = cos.unsqueeze(1)  # broadcast over heads
-    signed_sin = sign_sin(sin).unsqueeze(1)
+    signed_sin = signed_sin.unsqueeze(1)
     rotation = SmolLM2RotaryFunction.apply if torch.is_grad_enabled() else rotate  # see SmolLM2RMSNorm.forward
     return rotation(q, cos, signed_sin), rotation(k, cos, signed_sin)
 
@@ -423,8 +424,8 @@ class SmolLM2Attention(nn.Module):
         key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        cos, sin = position_embeddings
-        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        cos, signed_sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, signed_sin)
 
         if cache is not None:
             # returns every key/value seen so far: (batch, kv_heads, past + seq, head_dim)

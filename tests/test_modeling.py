@@ -498,10 +498,11 @@ def test_decoder_layer_keeps_less_for_backward_than_llamas():
     config = model.config
     batch, seq = 2, 16
     hidden_states = torch.randn(batch, seq, config.hidden_size, requires_grad=True)
-    position_embeddings = model.model.rotary_emb(hidden_states, torch.arange(seq)[None])
+    position_ids = torch.arange(seq)[None]
+    ours_rope, llama_rope = (m.model.rotary_emb(hidden_states, position_ids) for m in (model, llama))
 
-    ours = saved_activation_bytes(model.model.layers[0], hidden_states, position_embeddings=position_embeddings)
-    theirs = saved_activation_bytes(llama.model.layers[0], hidden_states, position_embeddings=position_embeddings)
+    ours = saved_activation_bytes(model.model.layers[0], hidden_states, position_embeddings=ours_rope)
+    theirs = saved_activation_bytes(llama.model.layers[0], hidden_states, position_embeddings=llama_rope)
     fewer_values = batch * seq * (2 * config.hidden_size + 2 * config.intermediate_size)
     assert theirs - ours >= fewer_values * hidden_states.element_size()
 
