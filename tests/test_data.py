@@ -40,6 +40,24 @@ def test_packing_concatenates_documents_with_eos_and_no_padding(tmp_path, tokeni
     assert tokenizer.eos_token_id == 0 and stream.count(0) == len(texts)
 
 
+@pytest.mark.parametrize("setup", ["plain", "split_special_tokens", "truncation_enabled"])
+def test_tokens_are_what_the_tokenizer_call_gives(tmp_path, tokenizer, setup):
+    """The pipeline calls the Rust tokenizer itself (ids_encoder): same ids as `tokenizer(text)` whatever the
+    tokenizer's settings, special-token strings, Unicode and empty documents included."""
+    tokenizer = copy.deepcopy(tokenizer)
+    if setup == "split_special_tokens":
+        tokenizer.split_special_tokens = True
+    elif setup == "truncation_enabled":  # a tokenizer.json may ship with truncation on; the call turns it off
+        tokenizer.backend_tokenizer.enable_truncation(max_length=3)
+    texts = ["Hello <|im_start|>user\nhi<|im_end|>", "", "  tabs\tand\nnewlines  ", "é 🙂 ünïcode", "<|endoftext|>x"] * 7
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    blocks = list(packed([path], tokenizer, block_size=8))
+    expected = doc_tokens(tokenizer, texts)
+    assert torch.cat([b["input_ids"] for b in blocks]).tolist() == expected[: 8 * len(blocks)]
+    assert len(blocks) == len(expected) // 8 > 10
+    assert (setup == "split_special_tokens") == (1 not in expected)  # <|im_start|> is id 1 unless split
+
+
 def test_resume_from_state_continues_mid_document(tmp_path, tokenizer):
     texts = [("long document %d " % i) * 30 for i in range(40)]  # documents span several blocks
     path = write_jsonl(tmp_path / "a.jsonl", texts)
