@@ -124,22 +124,26 @@ def sign_sin(sin: torch.Tensor) -> torch.Tensor:
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
-def rotate(states: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+def rotate(states: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, value: float = 1.0) -> torch.Tensor:
     """RoPE: each pair (i, i + head_dim / 2) of `states` turned by its position's angle; `signed_sin` is
-    `sign_sin(sin)`.
+    `sign_sin(sin)`. `value=-1` turns by the opposite angle (the rotation's transpose, for backward).
 
-    Llama's `states * cos + rotate_half(states) * sin` in three kernels instead of five: rotate_half's two slices,
-    negation and concatenation become one roll, its sign moves into the (per-position, not per-head) sin, and the
-    multiply-add is one addcmul.
+    Llama's `states * cos + rotate_half(states) * sin`, that is `states * cos + states.roll(half) * signed_sin`,
+    in one fresh tensor and three kernels instead of five fresh tensors: rotate_half's sign moves into the
+    (per-position, not per-head) sin, and its two slices are read in place by one multiply-add per half.
     """
-    return torch.addcmul(states * cos, states.roll(states.shape[-1] // 2, dims=-1), signed_sin)
+    half = states.shape[-1] // 2
+    rotated = states * cos
+    rotated[..., :half].addcmul_(states[..., half:], signed_sin[..., :half], value=value)
+    rotated[..., half:].addcmul_(states[..., :half], signed_sin[..., half:], value=value)
+    return rotated
 
 
 class SmolLM2RotaryFunction(torch.autograd.Function):
     """`rotate` with a hand-written backward: the rotation's transpose, in three kernels.
 
-    Autograd's backward of the same ops takes four per query and key (two multiplies, the roll's inverse and the
-    sum of the two paths).
+    Autograd's backward of the same ops would build a zero-filled full-size gradient for each half's slice and
+    then sum the paths: more kernels and fresh tensors per query and key.
     """
 
     @staticmethod
@@ -152,8 +156,7 @@ class SmolLM2RotaryFunction(torch.autograd.Function):
         cos, signed_sin = ctx.saved_tensors
         # The rotation is x -> x * cos + roll(x) * signed_sin; its transpose is g -> g * cos + roll(g * signed_sin),
         # and roll(signed_sin) = -signed_sin because both halves of sin are the same angles.
-        rolled = grad_output.roll(grad_output.shape[-1] // 2, dims=-1)
-        return torch.addcmul(grad_output * cos, rolled, signed_sin, value=-1), None, None
+        return rotate(grad_output, cos, signed_sin, value=-1), None, None
 
 
 def apply_rotary_pos_emb(
