@@ -154,22 +154,42 @@ def load_text_stream(data_args, files: list[str] | None = None, split: str = "tr
     return dataset
 
 
-def ids_encoder(tokenizer):
-    """A function from a list of texts to their token ids (no special tokens), as `tokenizer(texts)` gives them.
+class IdsEncoder:
+    """Texts to their token ids (no special tokens), as `tokenizer(texts)` gives them.
 
     For a fast tokenizer it calls the Rust tokenizer's `encode_batch_fast` itself: `tokenizer(texts)` also computes
     character offsets and converts every encoding to Python lists one attribute at a time, a quarter or more of
     the tokenizing time (benchmarks/bench_data.py), for output the pipeline drops. The copy is set up the way
     `tokenizer(texts)` sets the shared one before each call: no truncation or padding, and special-token strings in
     the text split or not as `tokenizer.split_special_tokens` says.
+    A class rather than a closure so that DataLoader workers started by spawn or forkserver (the default on macOS
+    and, from Python 3.14, on Linux) can unpickle it.
     """
-    if not getattr(tokenizer, "is_fast", False):
-        return lambda texts: tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-    backend = copy.deepcopy(tokenizer.backend_tokenizer)
-    backend.no_truncation()
-    backend.no_padding()
-    backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-    return lambda texts: [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.backend = None
+        if getattr(tokenizer, "is_fast", False):
+            self.backend = copy.deepcopy(tokenizer.backend_tokenizer)
+            self.backend.no_truncation()
+            self.backend.no_padding()
+            self.backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self.backend is None:
+            return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+        return [encoding.ids for encoding in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def __getstate__(self):
+        # the Rust tokenizer's pickle drops encode_special_tokens: the receiving process sets its copy up again
+        return {"tokenizer": self.tokenizer}
+
+    def __setstate__(self, state):
+        self.__init__(state["tokenizer"])
+
+
+def tokenize_batch(batch: dict, encode: IdsEncoder, eos: int, text_column: str) -> dict:
+    return {"input_ids": [doc + [eos] for doc in encode(batch[text_column])]}
 
 
 def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str) -> IterableDataset:
@@ -178,14 +198,10 @@ def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str) -> It
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token: documents could not be separated")
-
-    encode = ids_encoder(tokenizer)
-
-    def tokenize(batch):
-        return {"input_ids": [doc + [eos] for doc in encode(batch[text_column])]}
-
     dataset = dataset.select_columns([text_column])
-    return dataset.map(tokenize, batched=True, batch_size=256, remove_columns=[text_column])
+    # a module-level function with fn_kwargs, not a closure: spawned DataLoader workers pickle the dataset
+    fn_kwargs = {"encode": IdsEncoder(tokenizer), "eos": eos, "text_column": text_column}
+    return dataset.map(tokenize_batch, batched=True, batch_size=256, remove_columns=[text_column], fn_kwargs=fn_kwargs)
 
 
 class PackedDataset(torch.utils.data.IterableDataset):
@@ -248,12 +264,13 @@ def hold_out(stream: IterableDataset, count: int, text_column: str) -> tuple[Ite
     """
     documents = list(stream.take(count))
     held_out = {document_key(doc[text_column]) for doc in documents}
-
-    def not_held_out(batch):
-        return [document_key(text) not in held_out for text in batch[text_column]]
-
     evaluation = Dataset.from_list(documents).to_iterable_dataset() if documents else None
-    return evaluation, stream.filter(not_held_out, batched=True, batch_size=256)
+    fn_kwargs = {"held_out": held_out, "text_column": text_column}  # picklable, as in tokenize_stream
+    return evaluation, stream.filter(not_held_out, batched=True, batch_size=256, fn_kwargs=fn_kwargs)
+
+
+def not_held_out(batch: dict, held_out: set[bytes], text_column: str) -> list[bool]:
+    return [document_key(text) not in held_out for text in batch[text_column]]
 
 
 def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):

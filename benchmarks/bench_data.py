@@ -5,7 +5,7 @@
 
 The peer is the fast tokenizer alone, batched, on the same documents in memory: the pipeline should deliver
 at least 90% of its tokens/s. Two peers are timed: `tokenizer(texts)`, the call users write, and the Rust
-`encode_batch_fast` call the pipeline itself makes (data.ids_encoder); "vs it" against the second is the
+`encode_batch_fast` call the pipeline itself makes (data.IdsEncoder); "vs it" against the second is the
 pipeline's own overhead (reading, EOS, packing, DataLoader). Every round times the peer right before each worker count, and the ratio reported is
 the median of those per-round ratios, so that a shared machine's changing load hits both alike. The corpus is
 written as two JSON Lines files so that two DataLoader workers each get a shard.
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from data import PackedDataset, ids_encoder, load_text_stream, tokenize_stream  # noqa: E402
+from data import IdsEncoder, PackedDataset, load_text_stream, tokenize_stream  # noqa: E402
 from demo_corpus import documents  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,9 +75,9 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         texts, files = write_corpus(folder, args.copies)
         print(f"corpus: {len(texts):,} documents")
-        peers = {  # the call users write, and the Rust call the pipeline makes (ids_encoder): its own overhead
+        peers = {  # the call users write, and the Rust call the pipeline makes (IdsEncoder): its own overhead
             "tokenizer()": lambda batch: tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"],
-            "Rust encode": ids_encoder(tokenizer),
+            "Rust encode": IdsEncoder(tokenizer),
         }
         rows = {workers: [] for workers in (0, 1, 2)}  # per round: (peer rates..., pipeline rate, first batch seconds)
         for _ in range(args.rounds):

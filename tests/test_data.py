@@ -42,7 +42,7 @@ def test_packing_concatenates_documents_with_eos_and_no_padding(tmp_path, tokeni
 
 @pytest.mark.parametrize("setup", ["plain", "split_special_tokens", "truncation_enabled"])
 def test_tokens_are_what_the_tokenizer_call_gives(tmp_path, tokenizer, setup):
-    """The pipeline calls the Rust tokenizer itself (ids_encoder): same ids as `tokenizer(text)` whatever the
+    """The pipeline calls the Rust tokenizer itself (IdsEncoder): same ids as `tokenizer(text)` whatever the
     tokenizer's settings, special-token strings, Unicode and empty documents included."""
     tokenizer = copy.deepcopy(tokenizer)
     if setup == "split_special_tokens":
@@ -167,6 +167,24 @@ def test_held_out_documents_are_never_trained_on_with_workers(tmp_path, tokenize
     assert not any(text in trained for text in held_out)
     # batches of the two workers interleave, so documents cut between blocks do not decode whole: most do
     assert sum(text in trained for text in texts) > 0.8 * (len(texts) - len(held_out))
+
+
+def test_spawned_workers_give_the_same_batches(tmp_path, tokenizer):
+    """Workers started by spawn (macOS's default; forkserver, Python 3.14's on Linux, pickles alike) receive the
+    pipeline pickled: tokenizer settings and the hold-out filter included, they deliver what the main process does."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.split_special_tokens = True  # a setting the Rust tokenizer's own pickle drops
+    texts = [f"<|im_start|>document {i}<|im_end|> " + "word " * (i % 13) for i in range(120)]
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    train, _ = build_datasets(data_args(train_file=path, validation_documents=5, block_size=16), tokenizer)
+
+    def batches(**kwargs):
+        return [batch["input_ids"] for batch in StatefulDataLoader(train, batch_size=4, **kwargs)]
+
+    expected = batches(num_workers=0)
+    assert len(expected) > 10 and 1 not in torch.cat(expected).tolist()  # <|im_start|> split into plain tokens
+    spawned = batches(num_workers=1, multiprocessing_context="spawn")
+    assert len(spawned) == len(expected) and all(torch.equal(a, b) for a, b in zip(spawned, expected))
 
 
 def test_resume_after_the_hold_out(tmp_path, tokenizer):
