@@ -12,6 +12,15 @@ This file travels to the Hub next to `modeling_smollm2.py` and imports only `tra
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+
+# What a saved folder serves as remote code (`AutoModel.from_pretrained(folder, trust_remote_code=True)` ...)
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_smollm2.SmolLM2Config",
+    "AutoModel": "modeling_smollm2.SmolLM2Model",
+    "AutoModelForCausalLM": "modeling_smollm2.SmolLM2ForCausalLM",
+}
 
 
 class SmolLM2Config(PretrainedConfig):
@@ -43,9 +52,12 @@ class SmolLM2Config(PretrainedConfig):
             Standard deviation of the normal init of every linear and embedding weight (the published value).
         rms_norm_eps (`float`, *optional*, defaults to 1e-5):
             Epsilon added to the mean square in every RMSNorm.
-        rope_theta (`float`, *optional*, defaults to 100000.0):
-            Base period of the rotary position embedding. A Llama `rope_parameters` (or legacy `rope_scaling`) dict
-            with `rope_type="default"` is accepted and its `rope_theta` taken; any other rope type is refused.
+        rope_parameters (`dict`, *optional*, defaults to `{"rope_type": "default", "rope_theta": 100000.0}`):
+            The rotary position embedding, as in `LlamaConfig`: `rope_theta` (base period) and `rope_type`, one of
+            "default" or a key of `transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS` ("linear", "dynamic",
+            "yarn", "llama3", ...) with that type's fields (`factor`, ...). A legacy top-level `rope_theta` or
+            `rope_scaling` (older configs, including this app's earlier `config.json`) is folded into it by
+            transformers' RoPE standardization, and the dict is validated by transformers' RoPE checks.
         use_cache (`bool`, *optional*, defaults to `True`):
             Whether the forward pass returns a key/value cache for incremental decoding.
         pad_token_id (`int`, *optional*):
@@ -60,21 +72,44 @@ class SmolLM2Config(PretrainedConfig):
             Llama's bias switch for q/k/v/o. SmolLM2 has no biases, so only `False` is accepted.
         mlp_bias (`bool`, *optional*, defaults to `False`):
             Llama's bias switch for the feed-forward layer. Only `False` is accepted, for the same reason.
+        attention_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the attention weights in training, as Llama's (SmolLM2 was trained without).
+        use_speed_ops (`bool`, *optional*, defaults to `False`):
+            Run the hand-written ops of `smollm2_ops.py` (RMSNorm, RoPE and SwiGLU backward passes that keep fewer
+            activations, and the chunked loss below) instead of the plain PyTorch path, where they were measured to
+            pay: training on CPU, not under torch.compile. The training app turns it on; off, the model is exactly
+            transformers' Llama computation. With labels, `logits` is then `None` (the chunked loss never holds them).
         loss_chunk_size (`int`, *optional*, defaults to 1024):
-            Tokens per chunk of the loss when labels are given. Logits are computed and turned into gradients in
+            Tokens per chunk of the loss when labels are given and `use_speed_ops` applies. Logits are computed and turned into gradients in
             one `loss_chunk_size x vocab_size` buffer reused by every chunk (201 MB in fp32 at 1024 x 49152, plus
             a bf16 twin under autocast) instead of several `batch x seq x vocab_size` ones (3.2 GB each at
             8 x 2048 x 49152).
             Smaller saves memory; larger issues fewer, bigger matmuls (1024 rows already fill a GPU).
 
-    Other Llama keys are accepted at the values that mean "plain SmolLM2": `attention_dropout=0.0`,
-    `rope_interleaved=False` (nanotron), and `pretraining_tp` (a tensor-parallel layout hint that changes no maths).
+    Other Llama keys are accepted at the values that mean "plain SmolLM2": `rope_interleaved=False` (nanotron), and
+    `pretraining_tp` (a tensor-parallel layout hint that changes no maths). `base_model_tp_plan` and
+    `base_model_pp_plan` are Llama's tensor- and pipeline-parallel plans.
     A Llama config's `model_type="llama"` stays on the instance while `to_dict()` writes the class's "smollm2":
     transformers' GGUF reader maps tensor names by the instance's model_type, which is what lets
     `SmolLM2ForCausalLM.from_pretrained(folder, gguf_file=...)` load a Llama GGUF.
     """
 
     model_type = "smollm2"
+    default_theta = 100000.0  # rope_theta when a config names none (transformers' RoPE standardization reads it)
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
 
     vocab_size: int = 49152
     hidden_size: int = 576
@@ -87,7 +122,7 @@ class SmolLM2Config(PretrainedConfig):
     max_position_embeddings: int = 8192
     initializer_range: float = 0.041666666666666664
     rms_norm_eps: float = 1e-5
-    rope_theta: float = 100000.0
+    rope_parameters: dict | None = None
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = 0
@@ -95,21 +130,11 @@ class SmolLM2Config(PretrainedConfig):
     tie_word_embeddings: bool = True
     attention_bias: bool = False
     mlp_bias: bool = False
+    attention_dropout: float = 0.0
+    use_speed_ops: bool = False
     loss_chunk_size: int = 1024
 
     def __post_init__(self, **kwargs):
-        # Llama keys are taken out before the base class sees them: it would store `rope_parameters` and turn
-        # `rope_scaling` into a RoPE dict that this model has no use for.
-        for rope_parameters in (kwargs.pop("rope_scaling", None), kwargs.pop("rope_parameters", None)):
-            if rope_parameters is None:
-                continue
-            rope_type = rope_parameters.get("rope_type", rope_parameters.get("type", "default"))
-            if rope_type != "default":
-                raise ValueError(f"rope_type={rope_type!r} is not supported: SmolLM2 uses rope_type='default' only")
-            self.rope_theta = rope_parameters.get("rope_theta", self.rope_theta)
-        attention_dropout = kwargs.pop("attention_dropout", 0.0)
-        if attention_dropout:
-            raise ValueError(f"attention_dropout={attention_dropout} is not supported: SmolLM2 has none")
         rope_interleaved = kwargs.pop("rope_interleaved", False)
         if rope_interleaved:
             raise ValueError(f"rope_interleaved={rope_interleaved} is not supported: SmolLM2 rotates halves")
@@ -128,7 +153,7 @@ class SmolLM2Config(PretrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
-        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
+        for name in ("rms_norm_eps", "initializer_range"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {name}={value!r}")
@@ -153,7 +178,21 @@ class SmolLM2Config(PretrainedConfig):
         for name in ("attention_bias", "mlp_bias"):
             if getattr(self, name):
                 raise ValueError(f"{name}={getattr(self, name)} is not supported: SmolLM2 has no biases")
+        if not (isinstance(self.attention_dropout, (int, float)) and 0.0 <= self.attention_dropout < 1.0):
+            raise ValueError(f"attention_dropout must be in [0, 1), got attention_dropout={self.attention_dropout!r}")
+        # folds a top-level rope_theta / rope_scaling (legacy and Llama configs) into rope_parameters
         super().__post_init__(**kwargs)
+        rope_type = self.rope_parameters.get("rope_type")
+        if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+            raise ValueError(
+                f"rope_type={rope_type!r} is not supported: use 'default' or one of {sorted(ROPE_INIT_FUNCTIONS)}"
+            )
+        rope_theta = self.rope_parameters.get("rope_theta")
+        if not isinstance(rope_theta, (int, float)) or isinstance(rope_theta, bool) or rope_theta <= 0:
+            raise ValueError(f"rope_theta must be a positive number, got rope_theta={rope_theta!r}")
+        self.validate_rope()
+        # save_pretrained adds only the saved class to auto_map; the folder serves the base model too
+        self.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     @classmethod
     def tiny(cls, **overrides) -> "SmolLM2Config":

