@@ -293,6 +293,8 @@ def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer
         raise ArgumentError(f"block_size {data_args.block_size} is above max_position_embeddings "
                             f"{config.max_position_embeddings}")
     config._attn_implementation = model_args.attn_implementation
+    # smollm2_ops' backward passes and chunked loss: faster, less memory; the model runs them only where measured
+    config.use_speed_ops = True
     return config
 
 
