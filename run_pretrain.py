@@ -29,7 +29,7 @@ from checkpoints import checkpoint_problem, newest_valid_checkpoint
 from configuration_smollm2 import SmolLM2Config
 from data import build_datasets
 from model_card import write_model_card
-from modeling_smollm2 import SmolLM2ForCausalLM
+from modeling_smollm2 import SmolLM2ForCausalLM, register_auto_classes
 from plot_training_log import plot_training_log
 from throughput import device_peak_flops, flops_per_token
 from trainer import NonFiniteLossError, PretrainingTrainer
@@ -295,6 +295,7 @@ def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer
     config._attn_implementation = model_args.attn_implementation
     # smollm2_ops' backward passes and chunked loss: faster, less memory; the model runs them only where measured
     config.use_speed_ops = True
+    register_auto_classes()  # saved checkpoints then carry the model code (remote code) and its auto_map
     return config
 
 
