@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.integrations import use_kernel_forward_from_hub, use_kernelized_func
@@ -286,7 +286,6 @@ class SmolLM2DecoderLayer(GradientCheckpointingLayer):
 
 class SmolLM2PreTrainedModel(PreTrainedModel):
     config: SmolLM2Config
-    config_class = SmolLM2Config
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["SmolLM2DecoderLayer"]
@@ -436,10 +435,17 @@ class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["SmolLM2PreTrainedModel", "SmolLM2Model", "SmolLM2ForCausalLM"]
+def register_auto_classes():
+    """What the app calls (nothing registers at import): save_pretrained then copies this file, the config's and
+    smollm2_ops.py next to the weights, so the folder loads anywhere with trust_remote_code=True (config.auto_map
+    names the classes), and the Auto classes map model_type "smollm2" in this process."""
+    SmolLM2Config.register_for_auto_class()
+    SmolLM2Model.register_for_auto_class("AutoModel")
+    SmolLM2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    AutoConfig.register("smollm2", SmolLM2Config, exist_ok=True)
+    AutoModel.register(SmolLM2Config, SmolLM2Model, exist_ok=True)
+    AutoModelForCausalLM.register(SmolLM2Config, SmolLM2ForCausalLM, exist_ok=True)
 
 
-# save_pretrained copies the model files next to the weights (auto_map itself comes from the config)
-SmolLM2Config.register_for_auto_class()
-SmolLM2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-SmolLM2Model.register_for_auto_class("AutoModel")
+__all__ = ["SmolLM2PreTrainedModel", "SmolLM2Model", "SmolLM2ForCausalLM", "register_auto_classes"]
+

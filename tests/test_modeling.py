@@ -28,7 +28,7 @@ from configuration_smollm2 import SmolLM2Config
 from conftest import GGUF_NAME
 import modeling_smollm2
 import smollm2_ops
-from modeling_smollm2 import SmolLM2ForCausalLM
+from modeling_smollm2 import SmolLM2ForCausalLM, register_auto_classes
 from smollm2_ops import SmolLM2RMSNormFunction, SmolLM2RotaryFunction, SmolLM2SwiGLUFunction, causal_lm_loss
 
 
@@ -602,6 +602,7 @@ def saved_folder(tmp_path, tokenizer):
     """A tiny model with the real vocabulary, saved with the committed tokenizer and its expected outputs."""
     model = tiny_model(vocab_size=len(tokenizer))
     folder = tmp_path / "saved"
+    register_auto_classes()  # as the app does
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     input_ids = torch.arange(1, 17)[None]
@@ -627,6 +628,21 @@ def test_save_pretrained_writes_remote_code_and_one_embedding(saved_folder):
     with safe_open(saved_folder / "model.safetensors", "pt") as f:
         assert "model.embed_tokens.weight" in f.keys()
         assert "lm_head.weight" not in f.keys()  # tied: stored once
+
+
+def test_nothing_registers_at_import_and_the_app_call_registers_everything():
+    script = (
+        "import modeling_smollm2\n"
+        "from transformers import AutoModelForCausalLM, CONFIG_MAPPING\n"
+        "assert modeling_smollm2.SmolLM2ForCausalLM._auto_class is None\n"
+        "assert 'smollm2' not in CONFIG_MAPPING\n"
+        "modeling_smollm2.register_auto_classes()\n"
+        "model = AutoModelForCausalLM.from_config(modeling_smollm2.SmolLM2Config.tiny())\n"
+        "assert type(model) is modeling_smollm2.SmolLM2ForCausalLM\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_fresh_process_loads_the_saved_folder_as_remote_code(saved_folder, tmp_path):
