@@ -13,6 +13,7 @@ import re
 import shutil
 
 from safetensors import safe_open
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 MANIFEST = "checkpoint_manifest.json"
@@ -76,14 +77,20 @@ def checkpoint_problem(checkpoint: str) -> str | None:
                     pass
             except Exception as err:  # safetensors raises its own error types for a bad header
                 return f"{rel} is corrupt ({err})"
-    if "trainer_state.json" not in files:
-        return "trainer_state.json is missing"
-    try:
-        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
-            json.load(f)["global_step"]
-    except (OSError, ValueError, KeyError) as err:
-        return f"trainer_state.json is unreadable ({err})"
+    if TRAINER_STATE_NAME not in files:
+        return f"{TRAINER_STATE_NAME} is missing"
+    if saved_step(checkpoint) is None:
+        return f"{TRAINER_STATE_NAME} is unreadable"
     return None
+
+
+def saved_step(folder: str) -> int | None:
+    """The global step in `folder`'s trainer_state.json (a checkpoint, or a finished run's output_dir), or None."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def list_checkpoints(output_dir: str) -> list[str]:

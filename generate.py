@@ -17,6 +17,8 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
+from devices import default_device
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Complete prompts with a trained SmolLM2 run or checkpoint.")
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repetition_penalty", type=float, default=1.0, help="Above 1 discourages repeats.")
     parser.add_argument("--seed", type=int, default=0, help="Random seed for sampling.")
     parser.add_argument("--device", default="auto",
-                        help="'auto' (the accelerator if there is one, else CPU), or a torch device: cpu, cuda:0...")
+                        help="'auto' (a GPU that works, else Apple MPS, else CPU), or a torch device: cpu, cuda:0...")
     return parser.parse_args(argv)
 
 
@@ -75,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.device == "auto":
-        device = torch.accelerator.current_accelerator() or torch.device("cpu")
-    else:
-        device = torch.device(args.device)
+    device = default_device() if args.device == "auto" else torch.device(args.device)
     try:
         tokenizer, model = load(args.path, device)
     except (OSError, ValueError) as err:

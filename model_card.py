@@ -102,10 +102,12 @@ def write_model_card(output_dir: str, *, model_config, num_parameters: int, data
     loading code.
     """
     config = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
-    name = hub_model_id or os.path.abspath(output_dir)
+    # what a reader can paste: the Hub id, else the folder as this command saw it (an absolute path of this machine
+    # means nothing elsewhere)
+    name = hub_model_id or os.path.relpath(output_dir)
     lines = [
         FRONT_MATTER,
-        f"# {os.path.basename(name.rstrip('/'))}",
+        f"# {os.path.basename(hub_model_id or os.path.abspath(output_dir))}",
         "",
         f"A causal language model with the SmolLM2 architecture (a Llama-style decoder): "
         f"{num_parameters:,} parameters, {config['num_hidden_layers']} layers, hidden size {config['hidden_size']}, "

@@ -19,15 +19,18 @@ import warnings
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+import datasets
 import torch
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, default_data_collator, set_seed
+from transformers import AutoTokenizer, HfArgumentParser, TrainerState, TrainingArguments, default_data_collator, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging as hf_logging
 
 from callbacks import CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, SigtermCallback
-from checkpoints import checkpoint_problem, newest_valid_checkpoint
+from checkpoints import checkpoint_problem, newest_valid_checkpoint, saved_step
 from configuration_smollm2 import SmolLM2Config
 from data import build_datasets
+from devices import default_device
 from model_card import write_model_card
 from modeling_smollm2 import SmolLM2ForCausalLM, register_auto_classes
 from plot_training_log import plot_training_log
@@ -127,7 +130,11 @@ class PretrainingArguments(TrainingArguments):
     max_nonfinite_steps: int = field(default=5, metadata={
         "help": "Stop after this many consecutive steps with a NaN/Inf loss or gradient norm (each is skipped)."})
     peak_tflops: float | None = field(default=None, metadata={
-        "help": "Device peak TFLOP/s for MFU. Default: known GPUs' dense bf16 peak, measured matmul rate on CPU."})
+        "help": "Device peak TFLOP/s for MFU. Default: a known GPU's data-sheet peak for the precision that runs "
+                "(bf16, TF32 or fp32); no MFU on CPU without it."})
+    disable_tqdm: bool | None = field(default=None, metadata={
+        "help": "No progress bar, plain progress lines only. Default: on when stdout is not a terminal (a file, CI, "
+                "a cluster log), where a bar's cursor escapes would garble the output."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={
         "help": "Every parameter is used in every step: skip DDP's extra graph traversal."})
     traceback: bool = field(default=False, metadata={"help": "Show the full traceback on errors."})
@@ -148,11 +155,13 @@ class PretrainingArguments(TrainingArguments):
             problems.append(f"max_nonfinite_steps must be positive, got {self.max_nonfinite_steps}")
         if problems:
             raise ValueError("; ".join(problems))
-        cuda = torch.cuda.is_available() and not self.use_cpu
-        if not cuda and not torch.backends.mps.is_available():
+        if default_device().type == "cpu":
             self.use_cpu = True  # without it accelerate starts no DDP on CPU under torchrun (gloo)
+        cuda = default_device().type == "cuda" and not self.use_cpu
         if self.bf16 is None:
             self.bf16 = cuda and torch.cuda.is_bf16_supported()
+        if self.disable_tqdm is None:
+            self.disable_tqdm = not sys.stdout.isatty()
         if self.dataloader_num_workers is None:
             self.dataloader_num_workers = 2 if cuda else 0
         self.dataloader_pin_memory = self.dataloader_pin_memory and cuda  # pinning only helps host-to-GPU copies
@@ -211,29 +220,47 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def is_local(name: str) -> bool:
-    return os.path.exists(name) or name.startswith((".", "/", "~"))
+def is_path(name: str) -> bool:
+    """True when `name` can only mean a local path: it exists, starts like a path, or is no valid Hub repo id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.exists(name) or name.startswith((".", "/", "~")):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
 
 
-def from_hub_or_local(load, name: str, what: str, hint: str = "pass a local folder instead", **kwargs):
-    """Call `load(name)`, turning failures into one-line errors that say what to do offline."""
-    local = is_local(name)
-    if not local and not hub_reachable():
+def from_hub_or_local(load, name: str, what: str, hint: str = "", **kwargs):
+    """Call `load(name)`, turning failures into one-line errors that say what went wrong and what to do."""
+    missing_folder = f"no such folder: {name}" + ("" if os.path.isabs(name) else f" (relative to {os.getcwd()})")
+    if is_path(name):
+        if not os.path.exists(name):
+            raise ArgumentError(f"cannot load {what}: {missing_folder}")
+        try:
+            return load(name, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ArgumentError(f"cannot load {what} from {name}: {str(err).splitlines()[0]}") from None
+    # a name like "org/model" is a Hub id or a relative folder: say what failed for both
+    online = hub_reachable()
+    if not online:
         kwargs["local_files_only"] = True  # use the Hub cache if it has it, fail at once otherwise
     try:
         return load(name, **kwargs)
     except (OSError, ValueError) as err:
-        if local:
-            raise ArgumentError(f"cannot load {what} from {name}: {str(err).splitlines()[0]}") from None
-        raise ArgumentError(
-            f"cannot load {what} {name!r}: the network or the Hugging Face Hub is unavailable and it is not in "
-            f"the local cache; {hint}"
-        ) from None
+        reason = (str(err).splitlines()[0] if online else
+                  "the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE is set) and it is not in the local cache")
+        raise ArgumentError(f"cannot load {what} {name!r}: {missing_folder}, and as a Hub id: {reason}"
+                            f"{'; ' + hint if hint else ''}") from None
 
 
 def load_tokenizer(model_args: ModelArguments):
+    # the real SmolLM2 tokenizer ships with the project: an absolute path to it works from any folder
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "smollm2_tokenizer")
     return from_hub_or_local(AutoTokenizer.from_pretrained, model_args.tokenizer_name, "tokenizer",
-                             hint="pass a local folder instead (e.g. --tokenizer_name assets/smollm2_tokenizer)")
+                             hint=f"offline, the SmolLM2 tokenizer is --tokenizer_name {bundled}")
 
 
 def apply_overrides(config: SmolLM2Config, overrides: str) -> SmolLM2Config:
@@ -335,7 +362,7 @@ def resume_checkpoint(training_args: PretrainingArguments) -> str | None:
     return newest_valid_checkpoint(training_args.output_dir)
 
 
-def build_trainer(model_args, data_args, training_args, tokenizer, model, train_dataset, eval_dataset, checkpoint):
+def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eval_dataset, checkpoint):
     tokens_per_step = (data_args.block_size * training_args.per_device_train_batch_size
                        * training_args.gradient_accumulation_steps * training_args.world_size)
     if eval_dataset is None:
@@ -357,7 +384,7 @@ def build_trainer(model_args, data_args, training_args, tokenizer, model, train_
     )
 
 
-def print_summary(model, data_args, training_args, trainer, checkpoint):
+def print_summary(model, data_args, training_args, peak_flops):
     if not training_args.should_log:
         return
     world = training_args.world_size
@@ -369,32 +396,54 @@ def print_summary(model, data_args, training_args, trainer, checkpoint):
     print(f"batch: {global_batch} sequences x {data_args.block_size} tokens = {global_batch * data_args.block_size:,} "
           f"tokens/step (per device {training_args.per_device_train_batch_size} x grad accum "
           f"{training_args.gradient_accumulation_steps} x {world} processes)")
-    print(f"device: {training_args.device} ({dtype}); data: {source}; output: {training_args.output_dir}")
-    print(f"Resuming from {os.path.basename(checkpoint)}" if checkpoint else "Starting from step 0", flush=True)
+    mfu = f"MFU against {peak_flops / 1e12:g} TFLOP/s" if peak_flops else "no MFU (unknown peak: --peak_tflops)"
+    print(f"device: {training_args.device} ({dtype}, {mfu}); data: {source}; output: {training_args.output_dir}")
 
 
 def train(model_args, data_args, training_args) -> int:
     set_seed(training_args.seed)
+    if training_args.disable_tqdm:
+        datasets.disable_progress_bars()  # datasets' own bars (map, file conversion) follow the Trainer's
+    checkpoint = resume_checkpoint(training_args)
+    trained = saved_step(checkpoint) if checkpoint else 0
+    if trained > training_args.max_steps:
+        raise ArgumentError(f"{checkpoint} is at step {trained}, past --max_steps {training_args.max_steps}: pass "
+                            f"--max_steps {trained} or more to go on from it, or another --output_dir")
+    if trained == training_args.max_steps and saved_step(training_args.output_dir) == trained:
+        if training_args.should_log:
+            print(f"Training is already complete: step {trained} of --max_steps {training_args.max_steps}, the model "
+                  f"is in {training_args.output_dir}. Nothing changed; pass a larger --max_steps to train on.")
+        return 0
     tokenizer = load_tokenizer(model_args)
     config = build_config(model_args, data_args, tokenizer)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args.process_index,
                                                  training_args.world_size)
-    checkpoint = resume_checkpoint(training_args)
     check_output_dir(training_args.output_dir)  # inputs are all checked: from here on output_dir may change
-    model = build_model(model_args, config)
-    trainer = build_trainer(model_args, data_args, training_args, tokenizer, model, train_dataset, eval_dataset,
-                            checkpoint)
-    print_summary(model, data_args, training_args, trainer, checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    sigterm = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SigtermCallback))
-    if sigterm.received:
-        print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved. "
-              "Run the same command to resume.", flush=True)
-        return 0
+    # trained == max_steps: the last checkpoint was saved but not the final model (stopped in between)
+    finishing = trained == training_args.max_steps
+    model = SmolLM2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32) if finishing else build_model(
+        model_args, config)
+    trainer = build_trainer(data_args, training_args, tokenizer, model, train_dataset, eval_dataset, checkpoint)
+    print_summary(model, data_args, training_args, trainer.peak_flops)
+    if training_args.should_log:
+        print(f"Saving the final model of {os.path.basename(checkpoint)}" if finishing else
+              f"Resuming from {os.path.basename(checkpoint)}" if checkpoint else "Starting from step 0", flush=True)
+    if finishing:
+        trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        sigterm = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SigtermCallback))
+        if sigterm.received:
+            print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved. "
+                  "Run the same command to resume.", flush=True)
+            return 0
     model.config.use_cache = True  # the Trainer turns it off for training; users generate with the cache
+    model.config.use_speed_ops = False  # a training choice of this app: the saved model is the plain one
     trainer.save_model(training_args.output_dir)  # weights, config with auto_map, model code, tokenizer
     if training_args.should_save:
         write_report(model, data_args, training_args)
+        # written last: its step marks the final model as complete (a finished run started again stops here)
+        trainer.save_state()
         print(f"Model saved to {training_args.output_dir}", flush=True)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message=f"SmolLM2 pretraining: step {trainer.state.global_step}")
@@ -414,6 +463,9 @@ def write_report(model, data_args, training_args) -> None:
     source = (f"local files: {data_args.train_file}" if data_args.train_file
               else f"`{data_args.dataset_name}` ({data_args.dataset_config_name}), streamed")
     recipe = {key: getattr(getattr(training_args, key), "value", getattr(training_args, key)) for key in RECIPE_KEYS}
+    warmup = training_args.get_warmup_steps(training_args.max_steps)
+    if 0 < training_args.warmup_steps < 1:
+        recipe["warmup_steps"] = f"{warmup} ({training_args.warmup_steps:g} of max_steps)"
     recipe.update(block_size=data_args.block_size, world_size=training_args.world_size)
     write_model_card(output_dir, model_config=model.config, num_parameters=model.num_parameters(),
                      data_description=f"{source}; documents tokenized with EOS between them and packed into "

@@ -5,19 +5,18 @@ matmuls forward and backward plus 12·L·H·Q·T for attention scores and values
 (the tied embedding counted once). SmolLM2-135M at T=2048: 0.807 G + 0.425 G = 1.232 GFLOP/token.
 """
 
-import time
-
 import torch
 
-# Dense (not sparse) bf16 tensor-core peaks, from the vendors' data sheets.
-GPU_PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 70e12,
-    "RTX 4090": 165e12,
+# Dense (not sparse) peaks in TFLOP/s from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores,
+# plain fp32). MFU is measured against the column of the precision the matmuls run in.
+GPU_PEAK_TFLOPS = {
+    "H200": (989, 494, 67),
+    "H100 PCIe": (756, 378, 51),
+    "H100": (989, 494, 67),  # SXM
+    "A100": (312, 156, 19.5),
+    "L40S": (362, 183, 91.6),
+    "A10G": (70, 35, 31.2),
+    "RTX 4090": (165, 82.6, 82.6),
 }
 
 
@@ -44,30 +43,20 @@ def matmul_probe(size: int = 2048, dtype=torch.float32):
     return (lambda: torch.matmul(a, b)), 2 * size**3
 
 
-def measured_matmul_flops(repeats: int = 5, dtype=torch.float32) -> float:
-    """The best FLOP/s of `matmul_probe` on this CPU."""
-    probe, flops = matmul_probe(dtype=dtype)
-    probe()  # warm-up: thread pool, allocator
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        probe()
-        best = min(best, time.perf_counter() - start)
-    return flops / best
-
-
 def device_peak_flops(device, dtype=torch.bfloat16, override_tflops: float | None = None) -> float | None:
-    """Peak FLOP/s of `device` for MFU: `override_tflops` if given; a known GPU's dense bf16 peak (fp32
-    runs on tensor cores at half of it, as TF32); the measured matmul rate on CPU; None if unknown."""
+    """Peak FLOP/s of `device` for matmuls in `dtype`, for MFU: `override_tflops` if given, else a known GPU's
+    data-sheet peak (bf16/fp16; fp32 as TF32 when torch lets fp32 matmuls use TF32, plain fp32 otherwise). None
+    when unknown, which includes every CPU: a CPU's attainable peak depends on its cores, vector units and load,
+    and a peak guessed from a short probe at start-up can be beaten by the run (MFU above 100%)."""
     if override_tflops:
         return override_tflops * 1e12
     device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_BF16_FLOPS.items():
-            if key in name:
-                return peak if dtype == torch.bfloat16 else peak / 2
+    if device.type != "cuda":
         return None
-    if device.type == "cpu":
-        return measured_matmul_flops(dtype=dtype)
+    name = torch.cuda.get_device_name(device)
+    for key, (half, tf32, fp32) in GPU_PEAK_TFLOPS.items():
+        if key in name:
+            if dtype in (torch.bfloat16, torch.float16):
+                return half * 1e12
+            return (tf32 if torch.get_float32_matmul_precision() != "highest" else fp32) * 1e12
     return None

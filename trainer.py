@@ -44,6 +44,7 @@ class PretrainingTrainer(Trainer):
         self.max_nonfinite_steps = max_nonfinite_steps
         self.nonfinite_in_a_row = 0
         self.skipped_since_log = 0
+        self.warned_mfu = False
         # first in line, so that its step ends before samples are generated or checkpoints saved
         self.step_timer = StepTimer()
         self.callback_handler.callbacks.insert(0, self.step_timer)
@@ -88,6 +89,14 @@ class PretrainingTrainer(Trainer):
                 group["lr"] = lr
             scheduler._last_lr = lrs
 
+    def _issue_warnings_after_load(self, load_result):
+        # A checkpoint stores tied weights once, under the embedding's name, and loading it ties lm_head again. The
+        # Trainer only knows `_keys_to_ignore_on_save`, so it would call the tied lm_head.weight missing on every
+        # resume; other missing or unexpected keys are still reported.
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or ())
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         start = time.perf_counter()
         batches = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -125,8 +134,14 @@ class PretrainingTrainer(Trainer):
                 logs["tokens_per_second"] = self.tokens_per_step / step_time
                 per_device = logs["tokens_per_second"] / self.args.world_size
                 logs["tokens_per_second_per_device"] = per_device
-                if self.peak_flops:
-                    logs["mfu"] = per_device * self.flops_per_token / self.peak_flops
+                mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
+                if mfu is not None and mfu <= 1:
+                    logs["mfu"] = mfu
+                elif mfu is not None and not self.warned_mfu and self.args.should_log:
+                    # above the peak can only mean a wrong --peak_tflops: a number that is not MFU is not logged
+                    print(f"warning: the run does {mfu * self.peak_flops / 1e12:.1f} TFLOP/s per device, above "
+                          f"the peak of {self.peak_flops / 1e12:g}: MFU is not logged (check --peak_tflops)", flush=True)
+                    self.warned_mfu = True
             if self.args.device.type == "cuda":  # allocator statistics: host-side, no sync
                 logs["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.args.device) / 2**30
             if self.skipped_since_log:

@@ -15,7 +15,7 @@ def tiny_args(output_dir, train_file, validation_file=None, **overrides) -> list
         "tokenizer_name": TOKENIZER_DIR, "train_file": train_file, "config_overrides": TINY, "block_size": 64,
         "per_device_train_batch_size": 4, "max_steps": 30, "save_steps": 10, "eval_steps": 10,
         "generation_steps": 10, "generation_max_new_tokens": 8, "logging_steps": 1, "max_eval_samples": 4,
-        "output_dir": output_dir, "disable_tqdm": "true",
+        "output_dir": output_dir,
     }
     if validation_file:
         values["validation_file"] = validation_file

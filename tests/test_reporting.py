@@ -105,7 +105,7 @@ def test_model_card_of_a_real_run(run_dir):
     assert f"![Training curves]({CURVES_PNG})" in card
     assert f"Greedy completions at step {MAX_STEPS}" in card
     assert "| learning_rate | 0.003 |" in card
-    assert f'pipeline("text-generation", model="{os.path.abspath(run_dir)}", trust_remote_code=True)' in card
+    assert f'pipeline("text-generation", model="{os.path.relpath(run_dir)}", trust_remote_code=True)' in card
 
 
 def test_model_card_names_the_hub_repo(run_dir):

@@ -3,6 +3,7 @@ model), config files, resume and extend."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from apprun import losses, read_log, run_app, tiny_args
-from conftest import GGUF_NAME
+from apprun import app_env, losses, read_log, run_app, tiny_args
+from conftest import GGUF_NAME, ROOT
 from run_pretrain import parse_args
 
 
@@ -51,10 +52,88 @@ def test_tiny_run_logs_every_step_once_with_all_fields(finished_run):
     rows = read_log(output_dir, "train")
     assert [row["step"] for row in rows] == list(range(1, 31))
     for row in rows:
-        for key in ("loss", "learning_rate", "grad_norm", "step_time", "tokens_per_second", "tokens_seen", "mfu"):
+        for key in ("loss", "learning_rate", "grad_norm", "step_time", "tokens_per_second", "tokens_seen"):
             assert isinstance(row[key], float | int), (key, row)
         assert row["tokens_seen"] == row["step"] * 4 * 64
+        assert "mfu" not in row  # a CPU has no known peak: no MFU without --peak_tflops
     assert "step 30/30 | loss" in result.stdout and "tok/s" in result.stdout
+    assert "no MFU" in result.stdout
+
+
+def test_output_to_a_file_has_no_progress_bar_escapes(finished_run):
+    """stdout is a pipe here, as in a log file or CI: plain lines, no tqdm cursor moves or carriage returns."""
+    _, result = finished_run
+    for output in (result.stdout, result.stderr):
+        assert "\x1b" not in output and "\r" not in output
+    assert "step 1/30 | loss" in result.stdout
+
+
+def test_a_finished_run_started_again_changes_nothing_then_extends(finished_run, tmp_path, corpus):
+    output_dir = str(tmp_path / "run")
+    shutil.copytree(finished_run[0], output_dir)
+
+    def snapshot():
+        return {os.path.relpath(os.path.join(root, name), output_dir): os.stat(os.path.join(root, name)).st_mtime_ns
+                for root, _, names in os.walk(output_dir) for name in names}
+
+    before = snapshot()
+    again = run_app(tiny_args(output_dir, *corpus, report_to="tensorboard"))
+    assert again.returncode == 0, again.stderr
+    assert "already complete: step 30 of --max_steps 30" in again.stdout and output_dir in again.stdout
+    assert "step 31" not in again.stdout and "Resuming" not in again.stdout
+    assert snapshot() == before
+
+    # --peak_tflops far above what a CPU does: MFU is logged, below 100%
+    extended = run_app(tiny_args(output_dir, *corpus, max_steps=35, peak_tflops=1000))
+    assert extended.returncode == 0, extended.stderr
+    assert "Resuming from checkpoint-30" in extended.stdout
+    assert "missing keys" not in extended.stdout + extended.stderr  # the tied lm_head.weight
+    rows = read_log(output_dir, "train")
+    assert [row["step"] for row in rows] == list(range(1, 36))
+    for row in rows[30:]:
+        assert row["tokens_seen"] == row["step"] * 4 * 64
+        assert 0 < row["mfu"] <= 1
+    assert "Trained for 35 optimizer steps" in open(os.path.join(output_dir, "README.md"), encoding="utf-8").read()
+
+    # below what the run does: not an MFU, so none is logged
+    low = run_app(tiny_args(output_dir, *corpus, max_steps=37, peak_tflops=1e-9))
+    assert low.returncode == 0, low.stderr
+    assert "MFU is not logged (check --peak_tflops)" in low.stdout
+    assert all("mfu" not in row for row in read_log(output_dir, "train")[35:])
+
+    fewer = run_app(tiny_args(output_dir, *corpus, max_steps=20))
+    assert fewer.returncode == 2 and "past --max_steps 20" in fewer.stderr
+
+
+def test_the_final_model_is_saved_from_the_last_checkpoint_when_the_run_stopped_before_it(finished_run, tmp_path,
+                                                                                         corpus):
+    """Killed after its last checkpoint but before the final save: started again, it saves and trains nothing."""
+    output_dir = str(tmp_path / "run")
+    final_files = {"model.safetensors", "trainer_state.json", "README.md"}  # the checkpoints keep theirs
+    shutil.copytree(finished_run[0], output_dir,
+                    ignore=lambda folder, names: final_files & set(names) if folder == finished_run[0] else ())
+    result = run_app(tiny_args(output_dir, *corpus))
+    assert result.returncode == 0, result.stderr
+    assert "Saving the final model of checkpoint-30" in result.stdout and "step 31" not in result.stdout
+    assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 31))
+    with safe_open(os.path.join(output_dir, "model.safetensors"), framework="pt") as final, \
+            safe_open(os.path.join(output_dir, "checkpoint-30", "model.safetensors"), framework="pt") as last:
+        assert all(torch.equal(final.get_tensor(key), last.get_tensor(key)) for key in last.keys())
+    assert "Trained for 30 optimizer steps" in open(os.path.join(output_dir, "README.md"), encoding="utf-8").read()
+    assert "already complete" in run_app(tiny_args(output_dir, *corpus)).stdout
+
+
+def test_a_relative_path_that_does_not_exist_is_named_as_such(tmp_path, corpus):
+    """Run from another folder, the project-relative tokenizer path does not exist: no Hub message for it."""
+    argv = tiny_args(str(tmp_path / "run"), *corpus)
+    argv[argv.index("--tokenizer_name") + 1] = "assets/smollm2_tokenizer"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "run_pretrain.py"), *argv], cwd=tmp_path,
+                            env=app_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert f"no such folder: assets/smollm2_tokenizer (relative to {tmp_path})" in result.stderr
+    assert "--tokenizer_name assets/smollm2_tokenizer" not in result.stderr  # the path that failed is no hint
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_learning_rate_warms_up_then_decays_linearly(finished_run):
