@@ -127,6 +127,16 @@ def export_model(model, tokenizer, tokenizer_dir: str, out: str, fmt: str, dtype
     return out
 
 
+def export_run(output_dir: str, formats: list[str]) -> list[str]:
+    """The app's --export_formats: each format from the final model in `output_dir`, written beside it under
+    RUN_EXPORT_NAMES (replacing an export of an earlier run). Returns the paths written."""
+    if not formats:
+        return []
+    model, tokenizer = load_trained(output_dir)
+    return [export_model(model, tokenizer, output_dir, os.path.join(output_dir, RUN_EXPORT_NAMES[fmt]), fmt)
+            for fmt in formats]
+
+
 def check_request(source: str, out: str, fmt: str, dtype: str | None, overwrite: bool) -> None:
     """Every problem with the command line before anything is loaded or written."""
     allowed = LLAMA_DTYPES if fmt == "llama" else GGUF_DTYPE_NAMES

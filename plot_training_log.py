@@ -4,8 +4,9 @@
     python plot_training_log.py runs/demo --out curves.png
 
 Three panels against the optimizer step: training loss with eval loss as markers, the learning rate, and
-throughput in tokens/s (with MFU on a second axis when it was logged). Null (non-finite) values show as
-gaps. The training app calls `plot_training_log` at evaluations, checkpoints and the end of training;
+throughput in tokens/s (with MFU on a second axis when it was logged); a fourth with the benchmark scores
+(`<task>/<metric>` in the eval rows, from `--eval_tasks`) against tokens seen when there are any. Null
+(non-finite) values show as gaps. The training app calls `plot_training_log` at evaluations, checkpoints and the end of training;
 `read_training_log` also serves `model_card.py`.
 """
 
@@ -50,6 +51,31 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
+def score_keys(eval_rows: list[dict]) -> list[str]:
+    """The benchmark scores in the eval rows (`<task>/<metric>`, written with --eval_tasks), in first-seen order."""
+    return list(dict.fromkeys(key for row in eval_rows for key in row if "/" in key))
+
+
+def tokens_per_step(train_rows: list[dict]) -> int | None:
+    """Tokens per optimizer step from the newest training row that counted them (eval rows do not)."""
+    for row in reversed(train_rows):
+        if row.get("tokens_seen") and row["step"]:
+            return row["tokens_seen"] // row["step"]
+    return None
+
+
+def plot_scores(ax, train_rows: list[dict], eval_rows: list[dict], keys: list[str]) -> None:
+    """Benchmark scores against tokens seen, as in pretraining reports (against the step if tokens are unknown)."""
+    per_step = tokens_per_step(train_rows)
+    for key in keys:
+        steps, values = series(eval_rows, key)
+        plot_line(ax, [step * (per_step or 1) for step in steps], values, label=key)
+    ax.set_xlabel("tokens seen" if per_step else "step")
+    ax.set_ylabel("score")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+
+
 def has_values(values: list[float]) -> bool:
     return any(not math.isnan(value) for value in values)
 
@@ -70,8 +96,15 @@ def plot_training_log(output_dir: str, path: str | None = None) -> str:
     path = path or os.path.join(output_dir, CURVES_PNG)
 
     # a bare Figure renders with Agg and leaves pyplot's global state and backend alone: no screen needed
-    fig = Figure(figsize=(8, 9), layout="constrained")
-    loss_ax, lr_ax, speed_ax = fig.subplots(3, 1, sharex=True)
+    scores = score_keys(eval_rows)
+    fig = Figure(figsize=(8, 12 if scores else 9), layout="constrained")
+    axes = fig.subplots(4 if scores else 3, 1)
+    loss_ax, lr_ax, speed_ax = axes[:3]
+    for ax in (loss_ax, lr_ax):  # the step axis, shown once; the scores panel has its own (tokens)
+        ax.sharex(speed_ax)
+        ax.tick_params(labelbottom=False)
+    if scores:
+        plot_scores(axes[3], train_rows, eval_rows, scores)
     fig.suptitle(os.path.basename(os.path.abspath(output_dir)))
 
     plot_line(loss_ax, *series(train_rows, "loss"), label="train loss", color="tab:blue")

@@ -1,0 +1,120 @@
+"""Benchmark scores during training: lm-evaluation-harness tasks on the in-memory model at every evaluation.
+
+    python run_pretrain.py configs/demo.yaml --eval_tasks hellaswag,arc_easy --eval_tasks_limit 200
+    python run_pretrain.py ... --eval_tasks my_task --eval_tasks_path tasks/     # local task YAMLs (offline)
+
+`EvalTasksCallback` runs `lm_eval.simple_evaluate` on the main process when the Trainer logs an evaluation, and
+adds each task's scores to that log as `eval_<task>/<metric>`: the JSONL log keeps them as `<task>/<metric>` in the
+evaluation row, TensorBoard shows them under `eval/<task>/<metric>`. `lm-eval` is an optional dependency
+(requirements-test.txt); `check_eval_tasks` says in one line when it is missing or a task is unknown.
+"""
+
+import functools
+import logging
+import random
+import time
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+LOG_PREFIX = "eval_"  # the Trainer's prefix for evaluation metrics: TensorBoard files them under eval/
+RUNTIME_KEY = LOG_PREFIX + "tasks_runtime"  # seconds the tasks took: what --eval_tasks adds to an evaluation
+
+
+@functools.lru_cache(maxsize=None)
+def task_manager(include_path: str | None):
+    """lm-eval's task index: reading every task YAML takes seconds, so once per process (start-up check, then
+    every evaluation)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
+
+
+def check_eval_tasks(tasks: list[str], include_path: str | None) -> list[str]:
+    """Problems with `--eval_tasks` (as one-line messages): lm-eval not installed, or tasks it does not know."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        return ["--eval_tasks needs the lm-eval package (lm-evaluation-harness): pip install lm-eval"]
+    known = set(task_manager(include_path).all_tasks)
+    unknown = [task for task in tasks if task not in known]
+    if unknown:
+        where = f" (with the YAMLs in {include_path})" if include_path else " (add local task YAMLs with --eval_tasks_path)"
+        return [f"unknown eval task(s) {', '.join(unknown)}: not an lm-eval task{where}"]
+    return []
+
+
+def score_key(task: str, metric_filter: str) -> str:
+    """lm-eval's "acc,none" (metric, filter) as "acc"; a named filter stays in the name ("exact_match_flexible")."""
+    metric, _, filter_name = metric_filter.partition(",")
+    return f"{task}/{metric}" if filter_name in ("", "none") else f"{task}/{metric}_{filter_name}"
+
+
+def task_scores(results: dict) -> dict[str, float]:
+    """{"<task>/<metric>": value} from `simple_evaluate`'s results; standard errors and bookkeeping ("alias",
+    "sample_len": no "metric,filter" name) left out."""
+    scores = {}
+    for task, values in results["results"].items():
+        for name, value in values.items():
+            if "," in name and "_stderr" not in name and isinstance(value, (int, float)):
+                scores[score_key(task, name)] = float(value)
+    return scores
+
+
+@torch.no_grad()
+def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None, include_path: str | None,
+                   batch_size: int = 8) -> dict[str, float]:
+    """Scores of `model` (in memory, as it is) on lm-eval `tasks`, `limit` examples each.
+
+    lm-eval seeds Python's, NumPy's and torch's global generators with its fixed defaults (so its numbers match a
+    standalone `lm_eval` run); their states are restored afterwards, so training draws the same random numbers
+    as without it.
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on an in-memory model repeat every evaluation
+    was_training = model.training
+    model.eval()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    device = next(model.parameters()).device
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+            results = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=False,
+                                              task_manager=task_manager(include_path),
+                                              verbosity="ERROR")
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        model.train(was_training)
+    return task_scores(results)
+
+
+class EvalTasksCallback(TrainerCallback):
+    """At each evaluation (a log holding `eval_loss`), adds the lm-eval task scores to that log.
+
+    Must come before the callbacks that write logs (JSONL, TensorBoard, printing): they see the same dict. Only
+    the main process evaluates; lm-eval drives a whole model, so a model sharded across ranks (FSDP) is not
+    supported.
+    """
+
+    def __init__(self, tasks: list[str], limit: int | None, include_path: str | None, batch_size: int):
+        self.tasks, self.limit, self.include_path, self.batch_size = tasks, limit, include_path, batch_size
+
+    def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "eval_loss" not in logs:
+            return
+        start = time.perf_counter()
+        scores = evaluate_tasks(model, processing_class, self.tasks, self.limit, self.include_path, self.batch_size)
+        logs.update({LOG_PREFIX + key: value for key, value in scores.items()})
+        logs[RUNTIME_KEY] = time.perf_counter() - start
+        if state.log_history and state.log_history[-1].get("eval_loss") == logs["eval_loss"]:
+            state.log_history[-1].update(logs)  # the Trainer copied the log into its history before this call
+
+
+def eval_row_fields(logs: dict) -> dict[str, float]:
+    """What an evaluation log adds to its `training_log.jsonl` row: `<task>/<metric>` scores and `tasks_runtime`."""
+    return {key[len(LOG_PREFIX):]: value for key, value in logs.items()
+            if key.startswith(LOG_PREFIX) and ("/" in key or key == RUNTIME_KEY)}
