@@ -23,11 +23,15 @@ RUNTIME_KEY = LOG_PREFIX + "tasks_runtime"  # seconds the tasks took: what --eva
 
 
 @functools.lru_cache(maxsize=None)
-def task_manager(include_path: str | None):
-    """lm-eval's task index: reading every task YAML takes seconds, so once per process (start-up check, then
-    every evaluation)."""
+def task_manager(include_path: str | None, tasks: tuple[str, ...] = ()):
+    """lm-eval's task index, built once per process (start-up check, then every evaluation). Indexing lm-eval's
+    thousands of YAMLs takes seconds: when `include_path` defines every task asked for, only it is read."""
     from lm_eval.tasks import TaskManager
 
+    if include_path:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if set(tasks) <= set(local.all_tasks):
+            return local
     return TaskManager(include_path=include_path)
 
 
@@ -37,7 +41,7 @@ def check_eval_tasks(tasks: list[str], include_path: str | None) -> list[str]:
         import lm_eval  # noqa: F401
     except ImportError:
         return ["--eval_tasks needs the lm-eval package (lm-evaluation-harness): pip install lm-eval"]
-    known = set(task_manager(include_path).all_tasks)
+    known = set(task_manager(include_path, tuple(tasks)).all_tasks)
     unknown = [task for task in tasks if task not in known]
     if unknown:
         where = f" (with the YAMLs in {include_path})" if include_path else " (add local task YAMLs with --eval_tasks_path)"
@@ -83,7 +87,7 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None, includ
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
             results = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=False,
-                                              task_manager=task_manager(include_path),
+                                              task_manager=task_manager(include_path, tuple(tasks)),
                                               verbosity="ERROR")
     finally:
         random.setstate(python_state)
