@@ -17,7 +17,8 @@ import sys
 
 import yaml
 
-from plot_training_log import CURVES_PNG, read_training_log
+from export import RUN_EXPORT_NAMES
+from plot_training_log import CURVES_PNG, read_training_log, score_keys
 
 MODEL_CARD = "README.md"
 SAMPLES_LOG = "samples.jsonl"  # the file name written by callbacks.GenerationSamplesCallback
@@ -90,7 +91,22 @@ def results_section(output_dir: str) -> list[str]:
         last = eval_rows[-1]
         lines.append(f"- final eval loss: {number(last.get('eval_loss'), '.4f')}, perplexity "
                      f"{number(last.get('perplexity'), ',.2f')} (step {last['step']:,})")
+        # --eval_tasks: lm-evaluation-harness scores of the last evaluation
+        lines += [f"- {key} (lm-evaluation-harness): {number(last[key], '.4f')}" for key in score_keys([last])]
     return ["## Training", ""] + lines + [""] if lines else []
+
+
+def serving_section(output_dir: str) -> list[str]:
+    """How to serve the exports that `--export_formats` wrote beside the model (none: no section)."""
+    llama, gguf = (RUN_EXPORT_NAMES[fmt] for fmt in ("llama", "gguf"))
+    lines = []
+    if os.path.isdir(os.path.join(output_dir, llama)):
+        lines += [f"`{llama}/` is the same model in Llama format (no remote code), for vLLM, TGI, MLX and "
+                  "transformers:", "", fenced(f"vllm serve {llama}", "bash"), ""]
+    if os.path.isfile(os.path.join(output_dir, gguf)):
+        lines += [f"`{gguf}` is the same model as GGUF, for llama.cpp and Ollama:", "",
+                  fenced(f'llama-cli -m {gguf} -p "The capital of France is" -n 40', "bash"), ""]
+    return ["## Serving", "", "Paths are relative to this folder.", ""] + lines if lines else []
 
 
 def write_model_card(output_dir: str, *, model_config, num_parameters: int, data_description: str,
@@ -146,6 +162,7 @@ def write_model_card(output_dir: str, *, model_config, num_parameters: int, data
             f'model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True)', "python"),
         "",
     ]
+    lines += serving_section(output_dir)
     path = os.path.join(output_dir, MODEL_CARD)
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
