@@ -142,10 +142,17 @@ def check_request(source: str, out: str, fmt: str, dtype: str | None, overwrite:
     allowed = LLAMA_DTYPES if fmt == "llama" else GGUF_DTYPE_NAMES
     if dtype is not None and dtype not in allowed:
         raise ExportError(f"--dtype {dtype} is not one for --format {fmt}: choose from {', '.join(allowed)}")
-    if os.path.lexists(out) and not overwrite:
-        raise ExportError(f"{out} already exists: pass --overwrite to replace it")
-    if os.path.abspath(out) == os.path.abspath(source):
-        raise ExportError("the output cannot be the input folder")
+    if os.path.lexists(out):
+        if not overwrite:
+            raise ExportError(f"{out} already exists: pass --overwrite to replace it")
+        # --overwrite removes what it replaces: only something an export could have written
+        if fmt == "gguf" and os.path.isdir(out):
+            raise ExportError(f"{out} is a folder, not a GGUF file: --overwrite replaces only a file")
+        if fmt == "llama" and os.path.isdir(out) and os.listdir(out) and not os.path.isfile(
+                os.path.join(out, "config.json")):
+            raise ExportError(f"{out} is not an earlier export (no config.json): --overwrite replaces only those")
+    if os.path.commonpath([os.path.abspath(out), os.path.abspath(source)]) == os.path.abspath(out):
+        raise ExportError(f"the output {out} cannot be the input folder or hold it")
     if fmt == "gguf" and not out.endswith(".gguf"):
         raise ExportError(f"a GGUF export is one file named *.gguf, got {out}")
 
