@@ -68,8 +68,9 @@ def task_scores(results: dict) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None, include_path: str | None,
-                   batch_size: int = 8) -> dict[str, float]:
-    """Scores of `model` (in memory, as it is) on lm-eval `tasks`, `limit` examples each.
+                   batch_size: int = 8, bf16: bool = False) -> dict[str, float]:
+    """Scores of `model` (in memory, as it is) on lm-eval `tasks`, `limit` examples each; under bf16 autocast
+    with `bf16`, like the Trainer's own evaluation.
 
     lm-eval seeds Python's, NumPy's and torch's global generators with its fixed defaults (so its numbers match a
     standalone `lm_eval` run); their states are restored afterwards, so training draws the same random numbers
@@ -85,7 +86,8 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None, includ
     device = next(model.parameters()).device
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
+                      mixed_precision_dtype=torch.bfloat16 if bf16 else None)
             results = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=False,
                                               task_manager=task_manager(include_path, tuple(tasks)),
                                               verbosity="ERROR")
@@ -111,7 +113,8 @@ class EvalTasksCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs or "eval_loss" not in logs:
             return
         start = time.perf_counter()
-        scores = evaluate_tasks(model, processing_class, self.tasks, self.limit, self.include_path, self.batch_size)
+        scores = evaluate_tasks(model, processing_class, self.tasks, self.limit, self.include_path, self.batch_size,
+                                args.bf16)
         logs.update({LOG_PREFIX + key: value for key, value in scores.items()})
         logs[RUNTIME_KEY] = time.perf_counter() - start
         if state.log_history and state.log_history[-1].get("eval_loss") == logs["eval_loss"]:

@@ -14,12 +14,12 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 
 import torch
 
+from gguf_export import GGUF_DTYPES, write_gguf
+
 LLAMA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-GGUF_DTYPE_NAMES = ("f32", "f16", "bf16", "q8_0")
 FORMATS = ("llama", "gguf")
 DEFAULT_DTYPE = {"llama": "float32", "gguf": "f16"}  # lossless for the folder; llama.cpp's usual unquantized type
 # what the app writes beside the final model with --export_formats (OUTPUT_DIR/<name>)
@@ -82,19 +82,11 @@ def write_llama(model, tokenizer, out_dir: str, dtype: str) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def replace_path(tmp: str, out: str) -> None:
-    """Move the finished `tmp` onto `out` (removing an old `out` only now: a failed export leaves it intact)."""
-    if os.path.isdir(out) and not os.path.islink(out):
-        shutil.rmtree(out)
-    elif os.path.lexists(out):
-        os.remove(out)
-    os.replace(tmp, out)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def export_model(model, tokenizer, tokenizer_dir: str, out: str, fmt: str, dtype: str | None = None,
@@ -105,25 +97,19 @@ def export_model(model, tokenizer, tokenizer_dir: str, out: str, fmt: str, dtype
     or untouched. `tokenizer_dir` holds the tokenizer's files (GGUF reads merges and special tokens from them).
     """
     dtype = dtype or DEFAULT_DTYPE[fmt]
-    parent = os.path.dirname(os.path.abspath(out))
+    parent, base = os.path.split(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    if fmt == "llama":
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
-        writer = lambda: write_llama(model, tokenizer, tmp, dtype)
-    else:
-        from gguf_export import write_gguf
-
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
-        os.close(fd)
-        writer = lambda: write_gguf(model, tokenizer, tokenizer_dir, tmp, dtype,
-                                    name or os.path.basename(os.path.abspath(tokenizer_dir)))
+    tmp = os.path.join(parent, f".{base}.tmp-{os.getpid()}")
     try:
-        writer()
-        os.chmod(tmp, (0o777 if fmt == "llama" else 0o666) & ~current_umask())  # temp files are private
-        replace_path(tmp, out)
+        if fmt == "llama":
+            write_llama(model, tokenizer, tmp, dtype)
+        else:
+            write_gguf(model, tokenizer, tokenizer_dir, tmp, dtype,
+                       name or os.path.basename(os.path.abspath(tokenizer_dir)))
+        remove_path(out)  # an earlier export goes only now: a failed export leaves it intact
+        os.replace(tmp, out)
     finally:
-        if os.path.lexists(tmp):
-            shutil.rmtree(tmp) if os.path.isdir(tmp) else os.remove(tmp)
+        remove_path(tmp)
     return out
 
 
@@ -139,7 +125,7 @@ def export_run(output_dir: str, formats: list[str]) -> list[str]:
 
 def check_request(source: str, out: str, fmt: str, dtype: str | None, overwrite: bool) -> None:
     """Every problem with the command line before anything is loaded or written."""
-    allowed = LLAMA_DTYPES if fmt == "llama" else GGUF_DTYPE_NAMES
+    allowed = LLAMA_DTYPES if fmt == "llama" else GGUF_DTYPES
     if dtype is not None and dtype not in allowed:
         raise ExportError(f"--dtype {dtype} is not one for --format {fmt}: choose from {', '.join(allowed)}")
     if os.path.lexists(out):
@@ -164,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="Where to write: a folder for --format llama, a *.gguf file for --format gguf.")
     parser.add_argument("--format", required=True, choices=FORMATS, help="llama: a Llama-format folder; gguf: a GGUF file.")
     parser.add_argument("--dtype", help=f"Weights' type. llama: {', '.join(LLAMA_DTYPES)} (default float32); "
-                                        f"gguf: {', '.join(GGUF_DTYPE_NAMES)} (default f16; norms stay f32).")
+                                        f"gguf: {', '.join(GGUF_DTYPES)} (default f16; norms stay f32).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace OUT if it exists (only once the new export is complete). Default: refuse.")
     parser.add_argument("--traceback", action="store_true", help="Show the full traceback on errors.")

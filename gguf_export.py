@@ -13,9 +13,9 @@ import os
 import numpy as np
 import torch
 
-# GGUF tensor types of the --dtype choices, and the file type llama.cpp records for each ("mostly": norms stay f32)
-GGUF_DTYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
-TENSOR_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
+# --dtype: (GGML tensor type of the weight matrices, the file type llama.cpp records; "mostly": norms stay f32)
+GGUF_DTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
+               "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
 # llama.cpp's name for the pre-tokenizer (regex split before BPE) of the SmolLM/SmolLM2 vocabulary: GPT-2's regex
 # with each digit on its own, which SmolLM2's merges already give (its vocabulary has no multi-digit tokens)
 PRE_TOKENIZER = "smollm"
@@ -92,7 +92,7 @@ def add_hyperparameters(writer, config, name: str, dtype: str) -> None:
         writer.add_rope_scaling_factor(config.rope_parameters["factor"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(getattr(gguf.LlamaFileType, GGUF_DTYPES[dtype]))
+    writer.add_file_type(getattr(gguf.LlamaFileType, GGUF_DTYPES[dtype][1]))
     if dtype == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -122,7 +122,7 @@ def gguf_tensor(weight: torch.Tensor, dtype: str):
     kind = "f32" if data.ndim == 1 else dtype
     if kind == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]:
         kind = "f16"
-    qtype = getattr(gguf.GGMLQuantizationType, TENSOR_TYPES[kind])
+    qtype = getattr(gguf.GGMLQuantizationType, GGUF_DTYPES[kind][0])
     if kind == "f32":
         return np.ascontiguousarray(data), qtype
     if kind == "f16":
