@@ -16,6 +16,7 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
+from eval_tasks import eval_row_fields
 from plot_training_log import TRAINING_LOG, jsonl_rows, plot_training_log
 
 SAMPLES_LOG = "samples.jsonl"
@@ -78,7 +79,7 @@ class JsonlLogCallback(TrainerCallback):
     (`type: "eval"`, with perplexity)."""
 
     TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "step_time", "data_wait", "tokens_per_second",
-                  "tokens_per_second_per_device", "tokens_seen", "mfu", "peak_memory_gb", "skipped_steps")
+                  "tokens_per_second_per_device", "tokens_seen", "data_pass", "mfu", "peak_memory_gb", "skipped_steps")
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, TRAINING_LOG)
@@ -95,7 +96,7 @@ class JsonlLogCallback(TrainerCallback):
             row.update({key: logs[key] for key in self.TRAIN_KEYS if key in logs})
         elif "eval_loss" in logs:
             row = {"type": "eval", "step": state.global_step, "eval_loss": logs["eval_loss"],
-                   "perplexity": perplexity(logs["eval_loss"])}
+                   "perplexity": perplexity(logs["eval_loss"]), **eval_row_fields(logs)}
         else:  # the end-of-training summary: printed by the Trainer, kept in trainer_state.json
             return
         append_jsonl(self.path, row)
@@ -118,8 +119,9 @@ def progress_line(state, logs) -> str | None:
             parts.append(f"skipped {logs['skipped_steps']} non-finite")
         return " | ".join(parts)
     if "eval_loss" in logs:
+        scores = "".join(f" | {key} {value:.4f}" for key, value in eval_row_fields(logs).items() if "/" in key)
         return (f"step {state.global_step}/{state.max_steps} | eval_loss {logs['eval_loss']:.4f} | "
-                f"perplexity {perplexity(logs['eval_loss']):.2f}")
+                f"perplexity {perplexity(logs['eval_loss']):.2f}{scores}")
     return None
 
 
@@ -199,6 +201,11 @@ class CurvesCallback(TrainerCallback):
 class SigtermCallback(TrainerCallback):
     """On SIGTERM (preemption), finish the current optimizer step, save a checkpoint and stop.
 
+    With several processes the signal may reach only one of them (a preempted node, a scheduler that signals one
+    process): the flag is shared at every step end by one tiny all-reduce, so that every rank stops after the same
+    step and takes part in the same checkpoint. A rank that stopped alone would wait in the checkpoint's barrier
+    while the others wait in the next step's gradient all-reduce: a hang.
+
     transformers' `enable_jit_checkpoint` is not used: it saves before the optimizer step of a batch
     already taken from the data stream (and only after a fixed 3 s wait), so a resume would skip that
     batch. Saving at the step boundary keeps the resume exact.
@@ -215,6 +222,10 @@ class SigtermCallback(TrainerCallback):
         self.received = True
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            flag = torch.tensor([float(self.received)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            self.received = bool(flag.item())
         if self.received:
             control.should_save = True
             control.should_training_stop = True

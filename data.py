@@ -4,9 +4,10 @@ The same path serves the Hub corpus (`HuggingFaceTB/smollm-corpus`, `cosmopedia-
 (jsonl/json/parquet/csv/txt): everything is a `datasets` IterableDataset, tokenized lazily with a batched
 `map`, then packed by `PackedDataset` into `block_size` samples with no padding.
 
-`PackedDataset` is resumable in O(1): its `state_dict()` is the source stream's position plus the tokens
-left over from the last document, so a restart continues mid-document without re-reading what was
-already trained on (torchdata's `StatefulDataLoader` collects it from every DataLoader worker).
+`PackedDataset` is resumable in O(1): its `state_dict()` is the source stream's pass and position plus the
+tokens left over from the last document, so a restart continues mid-document, in any pass, without
+re-reading what was already trained on (torchdata's `StatefulDataLoader` collects it from every DataLoader
+worker).
 """
 
 import copy
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from datasets import Dataset, IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
+from transformers import default_data_collator
 
 # local file suffix -> `datasets` builder
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
@@ -204,50 +206,96 @@ def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str) -> It
     return dataset.map(tokenize_batch, batched=True, batch_size=256, remove_columns=[text_column], fn_kwargs=fn_kwargs)
 
 
-class PackedDataset(torch.utils.data.IterableDataset):
-    """Concatenates tokenized documents and cuts them into `block_size` samples.
+NO_TOKENS = np.empty(0, dtype=np.int64)
 
-    Drops nothing but the stream's last partial block, pads nothing. Labels are the inputs (the model
-    shifts them). `state_dict()` is the state after the last sample yielded: the source position and the
-    leftover tokens of the document in progress.
+
+class PackedDataset(torch.utils.data.IterableDataset):
+    """Concatenates tokenized documents and cuts them into `block_size` samples, pass after pass over the source.
+
+    Pads nothing and drops only each pass's last partial block: a new pass starts with no leftover tokens, at its
+    first document, so that a resumed run cuts the same blocks as an uninterrupted one. With `passes=None` (the
+    training set) the stream never ends. The Trainer reads it for `max_steps`, and ranks or DataLoader workers whose
+    parts hold different numbers of tokens each start their next pass on their own, so none runs dry while the
+    others wait for it in a collective. A pass is the source's epoch (`set_epoch`, which also reshuffles a
+    shuffled source); the Trainer's own epochs are not passed on, since this stream has none.
+
+    Samples are `input_ids`, `labels` (the same tensor: the model shifts them) and `data_pass`, 1 for the first
+    pass. `state_dict()` is the state after the last sample yielded: the source's state (its epoch and position)
+    and the leftover tokens of the document in progress, as a tensor (`torch.load(..., weights_only=True)` reads it).
     """
 
-    def __init__(self, tokenized: IterableDataset, block_size: int):
+    def __init__(self, tokenized: IterableDataset, block_size: int, passes: int | None = None):
         self.tokenized = tokenized
         self.block_size = block_size
-        self._leftover: list[int] = []
-        self._state = {"source": tokenized.state_dict(), "leftover": []}
+        self.passes = passes
+        # where every iteration starts: (pass index, leftover tokens, the loaded source state when that is mid-pass)
+        self._start = (0, NO_TOKENS, None)
+        # (source state, tokens, offset) after the last sample yielded; the leftover is cut from it only when asked
+        # for, so that a long document costs no copy per block
+        self._position = (tokenized.state_dict(), NO_TOKENS, 0)
 
     def __iter__(self):
+        index, leftover, resumed_at = self._start
+        while self.passes is None or index < self.passes:
+            self.tokenized.set_epoch(index)  # datasets resumes a loaded position in its own epoch only
+            counts = {"documents": 0, "blocks": 0}
+            yield from self._pack_pass(leftover, resumed_at, index + 1, counts)
+            if resumed_at is None and counts["blocks"] == 0:
+                if counts["documents"] == 0:
+                    return  # nothing to read: a DataLoader worker that datasets gives no shard to
+                raise DataError(f"a whole pass over the training data ({counts['documents']} documents) holds fewer "
+                                f"than block_size={self.block_size} tokens: use more data or a smaller --block_size")
+            index, leftover, resumed_at = index + 1, NO_TOKENS, None
+
+    def _pack_pass(self, leftover: np.ndarray, source_state: dict | None, data_pass: int, counts: dict):
+        """The samples of the rest of the current pass: `leftover` (tokens read before `source_state`, when
+        resuming), then the documents still to come. Counts documents and blocks."""
         block_size = self.block_size
+        documents = iter(self.tokenized)
         # Documents are collected as lists and joined once a block is full: appending each document to one
         # growing list would copy the whole buffer per document, and torch.tensor(list) converts int by int.
-        pieces, length = [self._leftover], len(self._leftover)
-        for example in self.tokenized:
+        pieces, length = [leftover], len(leftover)
+        while True:
+            if length >= block_size:
+                tokens = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=length)
+                blocks = torch.from_numpy(tokens)
+                start = 0
+                while length - start >= block_size:
+                    input_ids = blocks[start : start + block_size]
+                    start += block_size
+                    counts["blocks"] += 1
+                    # the position after this sample, for a resume that starts with the next one (a resumed
+                    # leftover can hold whole blocks: they come before the source's next document)
+                    position = source_state if counts["documents"] == 0 else self.tokenized.state_dict()
+                    self._position = (position, tokens, start)
+                    yield {"input_ids": input_ids, "labels": input_ids, "data_pass": data_pass}
+                pieces, length = [tokens[start:]], length - start
+            example = next(documents, None)
+            if example is None:
+                return
+            counts["documents"] += 1
             pieces.append(example["input_ids"])
             length += len(example["input_ids"])
-            if length < block_size:
-                continue
-            tokens = torch.from_numpy(np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=length))
-            start = 0
-            while length - start >= block_size:
-                input_ids = tokens[start : start + block_size]
-                start += block_size
-                # the position after this sample, for a resume that starts with the next one
-                self._state = {"source": self.tokenized.state_dict(), "leftover": tokens[start:].tolist()}
-                yield {"input_ids": input_ids, "labels": input_ids}
-            pieces, length = [self._state["leftover"]], length - start
 
     def state_dict(self) -> dict:
-        return self._state
+        source, tokens, start = self._position
+        return {"source": source, "leftover": torch.from_numpy(tokens[start:].copy())}
 
     def load_state_dict(self, state: dict) -> None:
         self.tokenized.load_state_dict(state["source"])
-        self._leftover = list(state["leftover"])
-        self._state = state
+        leftover = np.asarray(state["leftover"], dtype=np.int64)
+        self._start = (state["source"]["epoch"], leftover, state["source"])
+        self._position = (state["source"], leftover, 0)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.tokenized.set_epoch(epoch)
+
+def collate_blocks(samples: list[dict]) -> dict:
+    """Stacks samples into a batch; `data_pass` stays a Python int (the batch's latest pass), so that reading it
+    on the host needs no device sync once the batch has moved to the GPU."""
+    passes = [sample.pop("data_pass") for sample in samples if "data_pass" in sample]
+    batch = default_data_collator(samples)
+    if passes:
+        batch["data_pass"] = max(passes)
+    return batch
 
 
 def document_key(text: str) -> bytes:
@@ -295,7 +343,8 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):
 
     eval_dataset = None
     if eval_stream is not None:
-        packed = PackedDataset(tokenize_stream(eval_stream, tokenizer, data_args.text_column), data_args.block_size)
+        packed = PackedDataset(tokenize_stream(eval_stream, tokenizer, data_args.text_column), data_args.block_size,
+                               passes=1)
         blocks = [block["input_ids"] for block in islice(packed, data_args.max_eval_samples)]
         if not blocks:
             raise DataError(

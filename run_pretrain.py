@@ -22,15 +22,17 @@ from urllib.parse import urlparse
 import datasets
 import torch
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser, TrainerState, TrainingArguments, default_data_collator, set_seed
+from transformers import AutoTokenizer, HfArgumentParser, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging as hf_logging
 
 from callbacks import CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, SigtermCallback
 from checkpoints import checkpoint_problem, newest_valid_checkpoint, saved_step
 from configuration_smollm2 import SmolLM2Config
-from data import build_datasets
+from data import build_datasets, collate_blocks
 from devices import default_device
+from eval_tasks import EvalTasksCallback, check_eval_tasks
+from export import FORMATS, RUN_EXPORT_NAMES, export_run
 from model_card import write_model_card
 from modeling_smollm2 import SmolLM2ForCausalLM, register_auto_classes
 from plot_training_log import plot_training_log
@@ -122,11 +124,26 @@ class PretrainingArguments(TrainingArguments):
     dataloader_num_workers: int | None = field(default=None, metadata={
         "help": "DataLoader worker processes. Default: 2 on CUDA, 0 elsewhere."})
     ignore_data_skip: bool = field(default=True, metadata={
-        "help": "Kept True: the data position is restored from the checkpoint, nothing is re-read."})
+        "help": "Must stay True: the data position is restored from the checkpoint, nothing is re-read."})
+    logging_nan_inf_filter: bool = field(default=False, metadata={
+        "help": "Off: a non-finite loss is logged as null. On, the Trainer would log the average of earlier steps "
+                "instead and hide the divergence."})
     generation_steps: int = field(default=500, metadata={"help": "Print and save generation samples every N steps (0: never)."})
     generation_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={
         "help": "Fixed prompts for the generation samples."})
     generation_max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
+    eval_tasks: str | None = field(default=None, metadata={
+        "help": "lm-evaluation-harness tasks scored at every evaluation, e.g. 'hellaswag,arc_easy' (needs the lm-eval "
+                "package): '<task>/<metric>' in the evaluation rows of training_log.jsonl, TensorBoard, the curves "
+                "and the model card."})
+    eval_tasks_limit: int | None = field(default=None, metadata={
+        "help": "With --eval_tasks: at most this many examples per task (default: all)."})
+    eval_tasks_path: str | None = field(default=None, metadata={
+        "help": "With --eval_tasks: a folder of local lm-eval task YAMLs, added to lm-eval's own tasks."})
+    export_formats: str | None = field(default=None, metadata={
+        "help": "At the end of training, also write the final model for serving engines, e.g. 'llama,gguf': "
+                f"llama -> OUTPUT_DIR/{RUN_EXPORT_NAMES['llama']}/ (vLLM, TGI), gguf -> OUTPUT_DIR/"
+                f"{RUN_EXPORT_NAMES['gguf']} (llama.cpp, Ollama). See export.py."})
     max_nonfinite_steps: int = field(default=5, metadata={
         "help": "Stop after this many consecutive steps with a NaN/Inf loss or gradient norm (each is skipped)."})
     peak_tflops: float | None = field(default=None, metadata={
@@ -153,6 +170,21 @@ class PretrainingArguments(TrainingArguments):
                             f"{self.generation_steps} and {self.generation_max_new_tokens}")
         if self.max_nonfinite_steps <= 0:
             problems.append(f"max_nonfinite_steps must be positive, got {self.max_nonfinite_steps}")
+        if self.eval_tasks_limit is not None and self.eval_tasks_limit <= 0:
+            problems.append(f"eval_tasks_limit must be positive, got {self.eval_tasks_limit}")
+        if self.eval_tasks_path and not os.path.isdir(self.eval_tasks_path):
+            problems.append(f"eval_tasks_path: no such folder: {self.eval_tasks_path}")
+        elif comma_list(self.eval_tasks):  # lm-eval missing or a task it does not know: say so before training
+            problems += check_eval_tasks(comma_list(self.eval_tasks), self.eval_tasks_path)
+        if self.eval_tasks and self.fsdp:
+            problems.append("--eval_tasks does not run under --fsdp: lm-eval drives the whole model from one process")
+        unknown_formats = set(comma_list(self.export_formats)) - set(FORMATS)
+        if unknown_formats:
+            problems.append(f"export_formats: unknown format(s) {', '.join(sorted(unknown_formats))} "
+                            f"(choose from {', '.join(FORMATS)})")
+        if not self.ignore_data_skip:
+            problems.append("ignore_data_skip=False is not supported: a resumed run restores its data position from "
+                            "the checkpoint and never re-reads the data it trained on")
         if problems:
             raise ValueError("; ".join(problems))
         if default_device().type == "cpu":
@@ -166,6 +198,11 @@ class PretrainingArguments(TrainingArguments):
             self.dataloader_num_workers = 2 if cuda else 0
         self.dataloader_pin_memory = self.dataloader_pin_memory and cuda  # pinning only helps host-to-GPU copies
         super().__post_init__()
+
+
+def comma_list(text: str | None) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c'] (flags that take several names, like --eval_tasks)."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 class ArgumentError(ValueError):
@@ -353,13 +390,26 @@ def check_output_dir(path: str) -> None:
 
 
 def resume_checkpoint(training_args: PretrainingArguments) -> str | None:
-    """`--resume_from_checkpoint PATH` if given (it must be complete), else the newest complete checkpoint."""
-    if training_args.resume_from_checkpoint:
-        problem = checkpoint_problem(training_args.resume_from_checkpoint)
-        if problem:
-            raise ArgumentError(f"cannot resume from {training_args.resume_from_checkpoint}: {problem}")
-        return training_args.resume_from_checkpoint
-    return newest_valid_checkpoint(training_args.output_dir)
+    """`--resume_from_checkpoint PATH` if given (it must be complete), else the newest complete checkpoint.
+
+    Decided once, on the main process, and sent to the others: ranks that looked for themselves could find the
+    folder in different states (a save or a deletion in progress) and resume from different steps. An error is
+    sent too, so that every rank stops with it instead of waiting for the main one.
+    """
+    choice = [None, None]  # (checkpoint, error)
+    if training_args.process_index == 0:
+        try:
+            choice[0] = training_args.resume_from_checkpoint or newest_valid_checkpoint(training_args.output_dir)
+            problem = choice[0] and checkpoint_problem(choice[0])
+            if problem:
+                choice = [None, f"cannot resume from {choice[0]}: {problem}"]
+        except OSError as err:
+            choice = [None, f"cannot read output_dir {training_args.output_dir}: {err}"]
+    if training_args.world_size > 1:
+        torch.distributed.broadcast_object_list(choice, src=0)
+    if choice[1]:
+        raise ArgumentError(choice[1])
+    return choice[0]
 
 
 def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eval_dataset, checkpoint):
@@ -376,12 +426,18 @@ def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eva
     ]
     peak = device_peak_flops(training_args.device, torch.bfloat16 if training_args.bf16 else torch.float32,
                              training_args.peak_tflops)
-    return PretrainingTrainer(
+    trainer = PretrainingTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, data_collator=default_data_collator, callbacks=callbacks, data_state_dir=checkpoint,
+        processing_class=tokenizer, data_collator=collate_blocks, callbacks=callbacks, data_state_dir=checkpoint,
         tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(model.config, data_args.block_size),
         peak_flops=peak, max_nonfinite_steps=training_args.max_nonfinite_steps,
     )
+    if training_args.eval_tasks:
+        # first in line: its scores join the evaluation's log before TensorBoard and training_log.jsonl see it
+        trainer.callback_handler.callbacks.insert(0, EvalTasksCallback(
+            comma_list(training_args.eval_tasks), training_args.eval_tasks_limit, training_args.eval_tasks_path,
+            training_args.per_device_eval_batch_size))
+    return trainer
 
 
 def print_summary(model, data_args, training_args, peak_flops):
@@ -441,6 +497,8 @@ def train(model_args, data_args, training_args) -> int:
     model.config.use_speed_ops = False  # a training choice of this app: the saved model is the plain one
     trainer.save_model(training_args.output_dir)  # weights, config with auto_map, model code, tokenizer
     if training_args.should_save:
+        for path in export_run(training_args.output_dir, comma_list(training_args.export_formats)):
+            print(f"Exported {path}", flush=True)
         write_report(model, data_args, training_args)
         # written last: its step marks the final model as complete (a finished run started again stops here)
         trainer.save_state()

@@ -7,7 +7,8 @@
 - Crash-safe checkpoints: a manifest is written last (see `checkpoints.py`), and old checkpoints are
   rotated only after the new one is complete.
 - Non-finite steps: an update whose gradient norm is NaN/Inf is skipped (the weights stay as they were)
-  and counted; after `max_nonfinite_steps` in a row training stops with `NonFiniteLossError`.
+  and counted, with or without clipping; after `max_nonfinite_steps` in a row training stops with
+  `NonFiniteLossError`.
 - Throughput in every training log row (step time, data wait, tokens/s, MFU, tokens seen), computed
   from host timings, so no device sync is added for it.
 """
@@ -45,6 +46,7 @@ class PretrainingTrainer(Trainer):
         self.nonfinite_in_a_row = 0
         self.skipped_since_log = 0
         self.warned_mfu = False
+        self.data_pass = 0  # the latest pass over the training data that a batch came from (1 for the first)
         # first in line, so that its step ends before samples are generated or checkpoints saved
         self.step_timer = StepTimer()
         self.callback_handler.callbacks.insert(0, self.step_timer)
@@ -71,7 +73,7 @@ class PretrainingTrainer(Trainer):
                                          use_stateful_dataloader=True)
         if self.data_state_dir is not None:
             path = os.path.join(self.data_state_dir, data_state_file(args.process_index))
-            dataloader.load_state_dict(torch.load(path, weights_only=False))
+            dataloader.load_state_dict(torch.load(path, weights_only=True))
         return dataloader
 
     def create_model_card(self, *args, **kwargs):
@@ -99,12 +101,16 @@ class PretrainingTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         start = time.perf_counter()
-        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         self.step_timer.data_wait += time.perf_counter() - start
-        return batches
+        for batch in batches:  # a host-side int (data.collate_blocks): no sync, and not a model input
+            self.data_pass = max(self.data_pass, batch.pop("data_pass", 0))
+        return batches, num_items_in_batch
 
-    def _clip_grad_norm(self, model):
-        grad_norm = super()._clip_grad_norm(model)
+    def _get_grad_norm(self, model, grad_norm=None):
+        # The Trainer calls this before every optimizer step, with the norm that clipping took or, when
+        # max_grad_norm is 0, to compute one: the guard works with and without clipping.
+        grad_norm = super()._get_grad_norm(model, grad_norm)
         # a device sync, once per step: the price of never applying a non-finite update
         if math.isfinite(float(grad_norm)):
             self.nonfinite_in_a_row = 0
@@ -112,8 +118,10 @@ class PretrainingTrainer(Trainer):
         self.nonfinite_in_a_row += 1
         self.skipped_since_log += 1
         step = self.state.global_step + 1
-        print(f"warning: step {step}: non-finite loss or gradient norm ({float(grad_norm)}); update skipped "
-              f"({self.nonfinite_in_a_row} in a row)", flush=True)
+        # the norm is all-reduced, so every rank skips the same steps; one of them says so
+        if self.args.should_log:
+            print(f"warning: step {step}: non-finite loss or gradient norm ({float(grad_norm)}); update skipped "
+                  f"({self.nonfinite_in_a_row} in a row)", flush=True)
         if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"{self.nonfinite_in_a_row} non-finite steps in a row (up to step {step}); stopping. The last "
@@ -124,9 +132,14 @@ class PretrainingTrainer(Trainer):
         return grad_norm
 
     def log(self, logs, start_time=None):
+        if "loss" in logs and not math.isfinite(logs["loss"]):
+            # The Trainer empties its running loss with `tr_loss -= tr_loss`, which leaves a NaN in place: every
+            # later row would be NaN too. (Its logging_nan_inf_filter would hide the NaN instead; it is off.)
+            self._tr_loss.zero_()
         if "loss" in logs:
             steps, compute, data_wait = self.step_timer.pop()
             logs["tokens_seen"] = self.state.global_step * self.tokens_per_step
+            logs["data_pass"] = self.data_pass
             if steps:
                 step_time = (compute + data_wait) / steps
                 logs["step_time"] = step_time

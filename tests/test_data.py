@@ -1,8 +1,10 @@
 """data.py: streaming, tokenizing with EOS, packing, O(1) resume, hold-out, workers, bad files."""
 
 import copy
+import io
 import itertools
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +12,9 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from conftest import write_jsonl
-from data import DataError, PackedDataset, build_datasets, load_text_stream, tokenize_stream
+from datasets import Dataset
+
+from data import DataError, PackedDataset, build_datasets, collate_blocks, load_text_stream, tokenize_stream
 
 
 def data_args(**kwargs):
@@ -20,9 +24,17 @@ def data_args(**kwargs):
     return SimpleNamespace(**values)
 
 
-def packed(files, tokenizer, block_size=64):
+def packed(files, tokenizer, block_size=64, passes=1):
     args = data_args(block_size=block_size)
-    return PackedDataset(tokenize_stream(load_text_stream(args, files), tokenizer, "text"), block_size)
+    return PackedDataset(tokenize_stream(load_text_stream(args, files), tokenizer, "text"), block_size, passes)
+
+
+def saved_and_loaded(state):
+    """`state` through torch.save and torch.load(weights_only=True), as a checkpoint holds it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
 def doc_tokens(tokenizer, texts):
@@ -65,8 +77,8 @@ def test_resume_from_state_continues_mid_document(tmp_path, tokenizer):
     for cut in (1, 5, len(full) // 2):
         first = packed([path], tokenizer, 48)
         head = [b["input_ids"].tolist() for b in itertools.islice(first, cut)]
-        state = json.loads(json.dumps(first.state_dict()))  # it must survive serialisation
-        assert state["leftover"], "the cut should fall inside a document"
+        state = saved_and_loaded(first.state_dict())
+        assert len(state["leftover"]), "the cut should fall inside a document"
         resumed = packed([path], tokenizer, 48)
         resumed.load_state_dict(state)
         assert head + [b["input_ids"].tolist() for b in resumed] == full
@@ -160,6 +172,7 @@ def test_held_out_documents_are_never_trained_on_with_workers(tmp_path, tokenize
         write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::2])
     train, evaluation = build_datasets(
         data_args(train_file=str(tmp_path / "part*.jsonl"), validation_documents=10, block_size=16), tokenizer)
+    train.passes = 1  # endless otherwise
     held_out = texts[0:20:2]  # the stream reads part0 first
     assert tokenizer.decode(evaluation[0]["input_ids"]).startswith(held_out[0])
     loader = StatefulDataLoader(train, batch_size=4, num_workers=2)
@@ -177,6 +190,7 @@ def test_spawned_workers_give_the_same_batches(tmp_path, tokenizer):
     texts = [f"<|im_start|>document {i}<|im_end|> " + "word " * (i % 13) for i in range(120)]
     path = write_jsonl(tmp_path / "a.jsonl", texts)
     train, _ = build_datasets(data_args(train_file=path, validation_documents=5, block_size=16), tokenizer)
+    train.passes = 1  # endless otherwise
 
     def batches(**kwargs):
         return [batch["input_ids"] for batch in StatefulDataLoader(train, batch_size=4, **kwargs)]
@@ -191,7 +205,9 @@ def test_resume_after_the_hold_out(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "a.jsonl", [("text number %d " % i) * 20 for i in range(80)])
 
     def train():
-        return build_datasets(data_args(train_file=path, validation_documents=7, block_size=32), tokenizer)[0]
+        dataset = build_datasets(data_args(train_file=path, validation_documents=7, block_size=32), tokenizer)[0]
+        dataset.passes = 1  # endless otherwise
+        return dataset
 
     full = [b["input_ids"].tolist() for b in train()]
     first = train()
@@ -200,3 +216,62 @@ def test_resume_after_the_hold_out(tmp_path, tokenizer):
     resumed = train()
     resumed.load_state_dict(state)
     assert head + [b["input_ids"].tolist() for b in resumed] == full
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_in_a_later_pass_continues_exactly(tmp_path, tokenizer, num_workers):
+    """A corpus read several times, endlessly as in training: each pass starts at its first document with no
+    leftover, and a state saved in any pass (a DataLoader reads ahead before it is saved) resumes in that pass, at
+    that position."""
+    files = [write_jsonl(tmp_path / f"part{k}.jsonl", [f"file {k} document {i} " * (2 + 3 * i) for i in range(3)])
+             for k in range(2)]
+
+    def loader():
+        return StatefulDataLoader(packed(files, tokenizer, 16, passes=None), batch_size=2, num_workers=num_workers,
+                                  collate_fn=collate_blocks)
+
+    full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]
+    assert [data_pass for _, data_pass in full] == sorted(data_pass for _, data_pass in full)
+    assert full[-1][1] >= 5
+    per_pass = [[ids for ids, data_pass in full if data_pass == p] for p in (1, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(*per_pass)) and per_pass[1]  # the same blocks in every pass
+    for cut in (1, 17, 33):
+        first = loader()
+        iterator = iter(first)
+        head = [next(iterator)["input_ids"] for _ in range(cut)]
+        state = first.state_dict()
+        next(iterator)  # read ahead, as accelerate's loader does, before the state is saved
+        state = saved_and_loaded(state)
+        del iterator
+        second = loader()
+        second.load_state_dict(state)
+        rest = [batch["input_ids"] for batch in itertools.islice(second, 40 - cut)]
+        assert all(torch.equal(a, b) for a, (b, _) in zip(head + rest, full, strict=True)), cut
+
+
+def test_the_training_stream_goes_on_pass_after_pass(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "a.jsonl", [f"document {i} " * 10 for i in range(6)])
+    train, _ = build_datasets(data_args(train_file=path, block_size=16), tokenizer)
+    blocks = list(itertools.islice(train, 200))
+    assert len(blocks) == 200 and blocks[-1]["data_pass"] > 5
+    too_little = write_jsonl(tmp_path / "short.jsonl", ["one", "two"])
+    train, _ = build_datasets(data_args(train_file=too_little, block_size=64), tokenizer)
+    with pytest.raises(DataError, match=r"a whole pass over the training data \(2 documents\) holds fewer than "
+                                        r"block_size=64 tokens"):
+        next(iter(train))
+
+
+def pack_one_document(length, block_size=16):
+    documents = Dataset.from_dict({"input_ids": [list(range(length))]}).to_iterable_dataset()
+    start = time.perf_counter()
+    blocks = list(PackedDataset(documents, block_size, passes=1))
+    return time.perf_counter() - start, blocks
+
+
+def test_a_long_document_packs_in_linear_time():
+    """Leftover tokens are an array and an offset: a document of n tokens costs O(n), not O(n^2 / block_size)."""
+    _, blocks = pack_one_document(100_000)
+    assert len(blocks) == 100_000 // 16 and blocks[-1]["input_ids"].tolist() == list(range(99_984, 100_000))
+    short = min(pack_one_document(25_000)[0] for _ in range(3))
+    long = min(pack_one_document(100_000)[0] for _ in range(3))
+    assert long < 8 * short, (short, long)  # 4x the tokens: about 4x the time (quadratic would be about 16x)

@@ -2,6 +2,8 @@
 checkpoint, non-finite steps, and one-line errors that leave output_dir untouched."""
 
 import hashlib
+import itertools
+import json
 import os
 import re
 import shutil
@@ -16,6 +18,7 @@ from transformers import TrainerCallback
 import run_pretrain
 from apprun import losses, read_log, run_app, start_app, tiny_args
 from checkpoints import checkpoint_problem
+from conftest import write_jsonl
 from trainer import NonFiniteLossError
 
 
@@ -74,6 +77,32 @@ def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path, corpus):
     assert result.returncode == 0, result.stderr
     assert f"Resuming from checkpoint-{last}" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, last + 3))
+
+
+def test_a_run_killed_in_a_later_pass_over_the_data_resumes_exactly(tmp_path, corpus):
+    """Four documents, about 5 steps a pass: the run reads them 5 times. A restart from checkpoint-16 (a kill after
+    it, as the later files are removed) continues in that pass, at that position, with the same losses."""
+    with open(corpus[0], encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in itertools.islice(f, 16)]
+    small = write_jsonl(tmp_path / "small.jsonl", [" ".join(texts[k::4]) for k in range(4)])
+    baseline = str(tmp_path / "baseline")
+    argv = tiny_args(baseline, small, corpus[1], max_steps=24, save_steps=8, eval_steps=8, generation_steps=0)
+    result = run_app(argv)
+    assert result.returncode == 0, result.stderr
+    passes = {row["step"]: row["data_pass"] for row in read_log(baseline, "train")}
+    assert passes[1] == 1 and passes[16] >= 3 and passes[24] > passes[16]
+
+    output_dir = str(tmp_path / "run")
+    shutil.copytree(baseline, output_dir)
+    shutil.rmtree(os.path.join(output_dir, "checkpoint-24"))
+    for name in ("model.safetensors", "trainer_state.json"):
+        os.remove(os.path.join(output_dir, name))
+    result = run_app([output_dir if value == baseline else value for value in argv])
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from checkpoint-16" in result.stdout
+    assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 25))  # each step once
+    assert losses(output_dir) == pytest.approx(losses(baseline), abs=1e-4)
+    assert {row["step"]: row["data_pass"] for row in read_log(output_dir, "train")} == passes
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "garble_state", "no_manifest"])
@@ -139,14 +168,17 @@ def in_process_trainer(output_dir, corpus, callbacks, **overrides):
     return trainer
 
 
-def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, corpus, capsys):
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, corpus, capsys, max_grad_norm):
     snapshot = Snapshot()  # before the poison, so that it sees clean weights
     trainer = in_process_trainer(str(tmp_path / "run"), corpus, [snapshot, PoisonWeights({4}, transient=True)],
-                                 max_steps=8, save_steps=3, generation_steps=0, eval_steps=100)
+                                 max_steps=8, save_steps=3, generation_steps=0, eval_steps=100,
+                                 max_grad_norm=max_grad_norm)
     trainer.train()
     before = snapshot.weights
     rows = {row["step"]: row for row in read_log(str(tmp_path / "run"), "train")}
     assert sorted(rows) == list(range(1, 9)) and rows[4]["skipped_steps"] == 1 and rows[4]["grad_norm"] is None
+    assert rows[4]["loss"] is None and all(rows[step]["loss"] > 0 for step in (3, 5))  # null, never a number
     assert "step 4: non-finite" in capsys.readouterr().out
     # step 4 changed nothing (weights and hence step 5's start equal step 4's start); step 5 trained again
     assert all(torch.equal(before[3][n], before[4][n]) for n in before[3])
@@ -164,6 +196,28 @@ def test_persistent_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_pa
     assert checkpoint_problem(checkpoint) is None
     assert all(torch.isfinite(t).all() for t in load_file(os.path.join(checkpoint, "model.safetensors")).values())
     assert not os.path.exists(os.path.join(output_dir, "checkpoint-6"))
+
+
+def test_divergence_without_clipping_stops_with_the_checkpoint_intact(tmp_path, corpus):
+    """--max_grad_norm 0 and a learning rate that blows up: the non-finite steps are skipped and logged as null,
+    then the run stops with a one-line error; the checkpoints hold finite weights and no final model is saved."""
+    output_dir = str(tmp_path / "run")
+    result = run_app(tiny_args(output_dir, *corpus, max_steps=60, save_steps=2, eval_steps=100, generation_steps=0,
+                               max_grad_norm=0, learning_rate=1e4, warmup_steps=0, max_nonfinite_steps=3))
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    assert result.stderr.startswith("error: 3 non-finite steps in a row") and result.stderr.count("\n") == 1
+    assert "update skipped (3 in a row)" in result.stdout
+    rows = read_log(output_dir, "train")
+    # the third skipped step stops the run before it is logged
+    assert all(row.get("skipped_steps") == 1 and row["grad_norm"] is None for row in rows[-2:])
+    assert f"(up to step {rows[-1]['step'] + 1})" in result.stderr and rows[-1]["step"] < 59
+    assert any(row["loss"] is None for row in rows)  # a NaN loss is written as null, never as a number
+    checkpoints = [name for name in os.listdir(output_dir) if name.startswith("checkpoint-")]
+    assert checkpoints and not os.path.exists(os.path.join(output_dir, "model.safetensors"))
+    for name in checkpoints:
+        assert checkpoint_problem(os.path.join(output_dir, name)) is None
+        weights = load_file(os.path.join(output_dir, name, "model.safetensors"))
+        assert all(torch.isfinite(tensor).all() for tensor in weights.values()), name
 
 
 # ---- bad input: a one-line error naming the problem, exit code 2, output_dir untouched ----
@@ -228,6 +282,8 @@ BAD_INPUTS = {
                         r"dataset 'HuggingFaceTB/smollm-corpus'.*network or the Hugging Face Hub is unavailable.*--train_file"),
     "output_dir not writable": (lambda t, c: ["--output_dir", os.path.join(bad_file(t, "f", "x"), "sub")],
                                 r"output_dir .*f/sub is not writable"),
+    "re-reading the data": (lambda t, c: ["--ignore_data_skip", "false"],
+                            r"ignore_data_skip=False is not supported: a resumed run restores its data position"),
     "incomplete resume checkpoint": (lambda t, c: ["--resume_from_checkpoint", str(t / "out" / "checkpoint-7")],
                                      r"cannot resume from .*checkpoint-7: no manifest"),
 }
