@@ -7,7 +7,7 @@ code, llama.cpp's own converter) or a GGUF file (llama.cpp, Ollama).
 The input is a run's output_dir (the final model) or one of its checkpoint-N folders: both hold the weights, the
 config and the tokenizer. SmolLM2's parameters are Llama's under the same names, so the Llama folder is a strict
 state-dict copy into transformers' own `LlamaForCausalLM`, and gives the same logits. The training app calls
-`export_model` at the end of a run given `--export_formats`.
+`export_run` at the end of a run given `--export_formats`; the GGUF writer is `gguf_export.py`.
 """
 
 import argparse
@@ -16,6 +16,7 @@ import shutil
 import sys
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from gguf_export import GGUF_DTYPES, write_gguf
 
@@ -63,7 +64,7 @@ def load_trained(folder: str):
 
 def llama_model(model, dtype: torch.dtype):
     """The same network as transformers' own LlamaForCausalLM: config fields and weights copied one to one."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     fields = {key: value for key, value in model.config.to_dict().items()
               if key not in SMOLLM2_ONLY + ("model_type", "architectures", "transformers_version")}
@@ -71,8 +72,7 @@ def llama_model(model, dtype: torch.dtype):
     config.architectures = ["LlamaForCausalLM"]
     llama = LlamaForCausalLM(config)
     llama.load_state_dict(model.state_dict(), strict=True)  # same names: any missing or extra key is a bug
-    llama.generation_config = GenerationConfig.from_model_config(config) if model.generation_config is None \
-        else model.generation_config
+    llama.generation_config = model.generation_config
     return llama.to(dtype).eval()
 
 
@@ -144,18 +144,17 @@ def check_request(source: str, out: str, fmt: str, dtype: str | None, overwrite:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(description="Export a trained SmolLM2 run as a Llama-format folder or a GGUF "
-                                                 "file for serving engines.")
+    parser = OneLineParser(description="Export a trained SmolLM2 run as a Llama-format folder or a GGUF file for "
+                                       "serving engines.")
     parser.add_argument("source", help="A run's output_dir (the final model) or one of its checkpoint-N folders.")
     parser.add_argument("out", help="Where to write: a folder for --format llama, a *.gguf file for --format gguf.")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="llama: a Llama-format folder; gguf: a GGUF file.")
+    parser.add_argument("--format", required=True, choices=FORMATS,
+                        help="llama: a Llama-format folder; gguf: a GGUF file.")
     parser.add_argument("--dtype", help=f"Weights' type. llama: {', '.join(LLAMA_DTYPES)} (default float32); "
                                         f"gguf: {', '.join(GGUF_DTYPES)} (default f16; norms stay f32).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace OUT if it exists (only once the new export is complete). Default: refuse.")
     parser.add_argument("--traceback", action="store_true", help="Show the full traceback on errors.")
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # per-file load/save bars
     try:
         args = parser.parse_args(argv)
