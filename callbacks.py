@@ -76,7 +76,7 @@ class StepTimer(TrainerCallback):
 
 class JsonlLogCallback(TrainerCallback):
     """Writes `training_log.jsonl`: one row per training log (`type: "train"`) and per evaluation
-    (`type: "eval"`, with perplexity)."""
+    (`type: "eval"`, with perplexity, and the `--eval_tasks` scores that `eval_tasks.EvalTasksCallback` added)."""
 
     TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "step_time", "data_wait", "tokens_per_second",
                   "tokens_per_second_per_device", "tokens_seen", "data_pass", "mfu", "peak_memory_gb", "skipped_steps")
