@@ -54,6 +54,7 @@ metric_list:
 
 @pytest.fixture(scope="module")
 def scored_run(corpus, task_dir, tmp_path_factory):
+    pytest.importorskip("lm_eval")  # requirements-test.txt installs it
     output_dir = str(tmp_path_factory.mktemp("eval_tasks_run"))
     result = run_app(tiny_args(output_dir, *corpus, max_steps=10, save_steps=10, eval_steps=5, generation_steps=0,
                                eval_tasks=TASK, eval_tasks_path=task_dir, eval_tasks_limit=LIMIT,
@@ -115,6 +116,7 @@ def test_without_lm_eval_a_one_line_error(corpus, task_dir, tmp_path):
 
 
 def test_unknown_task_is_a_one_line_error(corpus, task_dir, tmp_path):
+    pytest.importorskip("lm_eval")
     output_dir = tmp_path / "run"
     result = run_app(tiny_args(str(output_dir), *corpus, eval_tasks=f"{TASK},no_such_task", eval_tasks_path=task_dir))
     assert result.returncode == 2 and "error: unknown eval task(s) no_such_task" in result.stderr
