@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+from functools import partial
 from itertools import chain, islice
 
 import numpy as np
@@ -38,11 +39,16 @@ def builder_for(path: str) -> str:
     return LOCAL_BUILDERS[suffix]
 
 
-def check_local_file(path: str, text_column: str) -> None:
-    """Fail early, naming the file (and line), on what would otherwise break a run hours in.
+# JSON Lines records checked before training; a bad record further on is named when training reaches it
+CHECKED_RECORDS = 1000
 
-    JSON Lines files are read in full once: a bad line deep in the file would otherwise stop training
-    mid-run, after checkpoints were written. The other formats only have their header read.
+
+def check_local_file(path: str, text_column: str) -> None:
+    """Fail early, naming the file (and line), on what can be checked cheaply: the file exists, is readable and
+    non-empty, and its first records (JSON Lines) or header (the other formats) hold the text column.
+
+    Every rank runs this before the first step, so it does not parse a many-gigabyte file: a bad record deeper in
+    is reported with its file and line when training reaches it (`bad_record`), the checkpoints intact.
     """
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
@@ -83,7 +89,8 @@ def check_contents(path: str, builder: str, text_column: str) -> None:
                 raise DataError(f"data file has no text: {path}")
 
 
-def check_json_file(path: str, text_column: str) -> None:
+def check_json_file(path: str, text_column: str, limit: int | None = CHECKED_RECORDS) -> None:
+    """Checks the first `limit` records of a JSON Lines file (None: all); a JSON array file is parsed whole."""
     with open(path, encoding="utf-8") as f:
         is_array = f.read(1) == "["  # a JSON array file rather than JSON Lines
         f.seek(0)
@@ -94,7 +101,7 @@ def check_json_file(path: str, text_column: str) -> None:
                 raise DataError(f"invalid JSON in {path} at line {err.lineno}: {err.msg}") from None
             where = "record"
         else:
-            records = json_lines(f, path)
+            records = islice(json_lines(f, path), limit)
             where = "line"
         count = 0
         for number, record in records:
@@ -121,6 +128,18 @@ def check_columns(where: str, columns: list[str], text_column: str) -> None:
         raise DataError(f"text column {text_column!r} not found in {where} (columns: {', '.join(map(str, columns)) or 'none'})")
 
 
+def bad_record(files: list[str], text_column: str, error: Exception) -> DataError:
+    """The error for a record that `datasets` could not read mid-training: the file and line when a full check of
+    the JSON files finds it (paid only when reading failed), else the reader's own message."""
+    for path in files:
+        if builder_for(path) == "json":
+            try:
+                check_json_file(path, text_column, limit=None)
+            except DataError as found:
+                return found
+    return DataError(f"cannot read the training data ({', '.join(files)}): {str(error).splitlines()[0]}")
+
+
 def expand_files(pattern: str | None) -> list[str]:
     """A path or a glob ('shards/*.parquet'): several files make several shards, split between ranks and
     DataLoader workers file by file."""
@@ -139,7 +158,11 @@ def load_text_stream(data_args, files: list[str] | None = None, split: str = "tr
             raise DataError(f"data files mix formats ({', '.join(sorted(builders))}): {', '.join(files)}")
         # everything goes through the streaming path; `streaming=False` only decides if the files are
         # first converted to Arrow (faster re-reads, costs disk and start-up time)
-        dataset = load_dataset(builders.pop(), data_files={split: files}, split=split, streaming=data_args.streaming)
+        try:
+            dataset = load_dataset(builders.pop(), data_files={split: files}, split=split,
+                                   streaming=data_args.streaming)
+        except ValueError as err:  # the reader parses a first chunk of the files (up to 10 MB) to infer features
+            raise bad_record(files, data_args.text_column, err) from err
     else:
         try:
             dataset = load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=split, streaming=data_args.streaming)
@@ -224,10 +247,12 @@ class PackedDataset(torch.utils.data.IterableDataset):
     and the leftover tokens of the document in progress, as a tensor (`torch.load(..., weights_only=True)` reads it).
     """
 
-    def __init__(self, tokenized: IterableDataset, block_size: int, passes: int | None = None):
+    def __init__(self, tokenized: IterableDataset, block_size: int, passes: int | None = None, read_error=None):
         self.tokenized = tokenized
         self.block_size = block_size
         self.passes = passes
+        # exception -> the error to raise when a document cannot be read (e.g. `bad_record`, which names the line)
+        self.read_error = read_error
         # where every iteration starts: (pass index, leftover tokens, the loaded source state when that is mid-pass)
         self._start = (0, NO_TOKENS, None)
         # (source state, tokens, offset) after the last sample yielded; the leftover is cut from it only when asked
@@ -270,7 +295,12 @@ class PackedDataset(torch.utils.data.IterableDataset):
                     self._position = (position, tokens, start)
                     yield {"input_ids": input_ids, "labels": input_ids, "data_pass": data_pass}
                 pieces, length = [tokens[start:]], length - start
-            example = next(documents, None)
+            try:
+                example = next(documents, None)
+            except ValueError as err:  # pyarrow's and the JSON reader's parse errors
+                if self.read_error is None or isinstance(err, DataError):
+                    raise
+                raise self.read_error(err) from err
             if example is None:
                 return
             counts["documents"] += 1
@@ -330,7 +360,8 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):
     its own part of the stream (`split_dataset_by_node`: whole shards when they divide evenly, else
     every world_size-th document).
     """
-    stream = load_text_stream(data_args, expand_files(data_args.train_file))
+    train_files = expand_files(data_args.train_file)
+    stream = load_text_stream(data_args, train_files)
     if data_args.validation_file:
         eval_stream = load_text_stream(data_args, expand_files(data_args.validation_file), split="validation")
     elif data_args.validation_documents > 0:
@@ -339,7 +370,9 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):
         eval_stream = None
     if world_size > 1:
         stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-    train = PackedDataset(tokenize_stream(stream, tokenizer, data_args.text_column), data_args.block_size)
+    read_error = partial(bad_record, train_files, data_args.text_column) if train_files else None
+    train = PackedDataset(tokenize_stream(stream, tokenizer, data_args.text_column), data_args.block_size,
+                          read_error=read_error)
 
     eval_dataset = None
     if eval_stream is not None:

@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 from callbacks import CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, SigtermCallback
 from checkpoints import checkpoint_problem, newest_valid_checkpoint, saved_step
 from configuration_smollm2 import SmolLM2Config
-from data import build_datasets, collate_blocks
+from data import DataError, build_datasets, collate_blocks
 from devices import default_device
 from eval_tasks import EvalTasksCallback, check_eval_tasks
 from export import FORMATS, RUN_EXPORT_NAMES, export_run
@@ -544,7 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, NonFiniteLossError) as err:
         if show_traceback:
             raise
-        message = " ".join(str(err).split()) or type(err).__name__
+        message = str(err)
+        if isinstance(err, DataError) and message.startswith("Caught DataError"):
+            # re-raised from a DataLoader worker with the worker's traceback as text: its last line is the error
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        message = " ".join(message.split()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return 1 if isinstance(err, NonFiniteLossError) else 2
 

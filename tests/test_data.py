@@ -14,7 +14,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from conftest import write_jsonl
 from datasets import Dataset
 
-from data import DataError, PackedDataset, build_datasets, collate_blocks, load_text_stream, tokenize_stream
+from data import CHECKED_RECORDS, DataError, PackedDataset, build_datasets, collate_blocks, load_text_stream, tokenize_stream
 
 
 def data_args(**kwargs):
@@ -275,3 +275,21 @@ def test_a_long_document_packs_in_linear_time():
     short = min(pack_one_document(25_000)[0] for _ in range(3))
     long = min(pack_one_document(100_000)[0] for _ in range(3))
     assert long < 8 * short, (short, long)  # 4x the tokens: about 4x the time (quadratic would be about 16x)
+
+
+def test_a_bad_record_past_the_checked_ones_is_named_when_training_reaches_it(tmp_path, tokenizer):
+    """Start-up checks the first CHECKED_RECORDS records only (every rank runs it); a bad line further on stops
+    training with its file and line: here past the reader's first 10 MB chunk, and in a small file that the reader
+    parses whole at start-up."""
+    lines = [json.dumps({"text": f"document {i} " + "word " * 2000}) for i in range(CHECKED_RECORDS + 200)]
+    lines[CHECKED_RECORDS + 150] = '{"text": '
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 10 * 2**20
+    train, _ = build_datasets(data_args(train_file=str(path), block_size=4096), tokenizer)  # start-up passes
+    with pytest.raises(DataError, match=rf"invalid JSON in .*big\.jsonl at line {CHECKED_RECORDS + 151}"):
+        for _ in train:
+            pass
+    path.write_text("\n".join(line[:100] + '"}' if line.startswith('{"text": "') else line for line in lines))
+    with pytest.raises(DataError, match=rf"invalid JSON in .*big\.jsonl at line {CHECKED_RECORDS + 151}"):
+        build_datasets(data_args(train_file=str(path), block_size=16), tokenizer)
