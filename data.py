@@ -24,6 +24,8 @@ from datasets import Dataset, IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import default_data_collator
 
+from hub import hub_problem
+
 # local file suffix -> `datasets` builder
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
@@ -166,12 +168,11 @@ def load_text_stream(data_args, files: list[str] | None = None, split: str = "tr
     else:
         try:
             dataset = load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=split, streaming=data_args.streaming)
-        except (ConnectionError, OSError) as err:
-            raise DataError(
-                f"cannot load dataset {data_args.dataset_name!r} ({data_args.dataset_config_name}): the network or the "
-                f"Hugging Face Hub is unavailable ({type(err).__name__}); use local files with --train_file "
-                "[--validation_file] instead"
-            ) from None
+        except (OSError, ValueError) as err:  # ValueError: a config name the dataset does not have
+            reason, not_there = hub_problem(err) or (str(err).splitlines()[0], False)
+            hint = "; use local files with --train_file [--validation_file] instead" if not_there else ""
+            raise DataError(f"cannot load dataset {data_args.dataset_name!r} ({data_args.dataset_config_name}): "
+                            f"{reason}{hint}") from err
         if data_args.text_column not in (dataset.column_names or [data_args.text_column]):
             check_columns(f"dataset {data_args.dataset_name}", dataset.column_names, data_args.text_column)
     if isinstance(dataset, Dataset):

@@ -12,12 +12,10 @@ run trains exactly steps 5001-5050 (see README, "Resuming and extending").
 
 import json
 import os
-import socket
 import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import datasets
 import torch
@@ -33,6 +31,7 @@ from data import DataError, build_datasets, collate_blocks
 from devices import default_device
 from eval_tasks import EvalTasksCallback, check_eval_tasks
 from export import FORMATS, RUN_EXPORT_NAMES, export_run
+from hub import hub_problem
 from model_card import write_model_card
 from modeling_smollm2 import SmolLM2ForCausalLM, register_auto_classes
 from plot_training_log import plot_training_log
@@ -243,20 +242,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     return tuple(parsed)
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """The Hub clients retry an unreachable host for most of a minute; a short connect tells at once."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def is_path(name: str) -> bool:
     """True when `name` can only mean a local path: it exists, starts like a path, or is no valid Hub repo id."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -279,18 +264,14 @@ def from_hub_or_local(load, name: str, what: str, hint: str = "", **kwargs):
         try:
             return load(name, **kwargs)
         except (OSError, ValueError) as err:
-            raise ArgumentError(f"cannot load {what} from {name}: {str(err).splitlines()[0]}") from None
-    # a name like "org/model" is a Hub id or a relative folder: say what failed for both
-    online = hub_reachable()
-    if not online:
-        kwargs["local_files_only"] = True  # use the Hub cache if it has it, fail at once otherwise
+            raise ArgumentError(f"cannot load {what} from {name}: {str(err).splitlines()[0]}") from err
     try:
         return load(name, **kwargs)
     except (OSError, ValueError) as err:
-        reason = (str(err).splitlines()[0] if online else
-                  "the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE is set) and it is not in the local cache")
-        raise ArgumentError(f"cannot load {what} {name!r}: {missing_folder}, and as a Hub id: {reason}"
-                            f"{'; ' + hint if hint else ''}") from None
+        reason, not_there = hub_problem(err) or (str(err).splitlines()[0], False)
+        if not_there:  # a name like "org/model" is a Hub id or a relative folder: say what failed for both
+            reason = f"{missing_folder}, and as a Hub id: {reason}{'; ' + hint if hint else ''}"
+        raise ArgumentError(f"cannot load {what} {name!r}: {reason}") from err
 
 
 def load_tokenizer(model_args: ModelArguments):

@@ -279,7 +279,7 @@ BAD_INPUTS = {
     "tokenizer offline": (lambda t, c: ["--tokenizer_name", "HuggingFaceTB/SmolLM2-135M"],
                           r"tokenizer 'HuggingFaceTB/SmolLM2-135M'.*as a Hub id: the Hugging Face Hub is unreachable"),
     "dataset offline": (lambda t, c: ["--train_file", "", "--dataset_name", "HuggingFaceTB/smollm-corpus"],
-                        r"dataset 'HuggingFaceTB/smollm-corpus'.*network or the Hugging Face Hub is unavailable.*--train_file"),
+                        r"dataset .HuggingFaceTB/smollm-corpus.*the Hub cannot be reached.*--train_file"),
     "output_dir not writable": (lambda t, c: ["--output_dir", os.path.join(bad_file(t, "f", "x"), "sub")],
                                 r"output_dir .*f/sub is not writable"),
     "re-reading the data": (lambda t, c: ["--ignore_data_skip", "false"],
