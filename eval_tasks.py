@@ -41,11 +41,21 @@ def check_eval_tasks(tasks: list[str], include_path: str | None) -> list[str]:
         import lm_eval  # noqa: F401
     except ImportError:
         return ["--eval_tasks needs the lm-eval package (lm-evaluation-harness): pip install lm-eval"]
-    known = set(task_manager(include_path, tuple(tasks)).all_tasks)
-    unknown = [task for task in tasks if task not in known]
+    from lm_eval.tasks import get_task_dict
+
+    manager = task_manager(include_path, tuple(tasks))
+    unknown = [task for task in tasks if task not in set(manager.all_tasks)]
     if unknown:
-        where = f" (with the YAMLs in {include_path})" if include_path else " (add local task YAMLs with --eval_tasks_path)"
+        where = (f" (with the YAMLs in {include_path})" if include_path
+                 else " (add local task YAMLs with --eval_tasks_path)")
         return [f"unknown eval task(s) {', '.join(unknown)}: not an lm-eval task{where}"]
+    try:
+        # builds each task with its data (downloaded once, then cached): data that cannot load fails now, not at
+        # the first evaluation hours into the run
+        get_task_dict(tasks, manager)
+    except Exception as err:  # noqa: BLE001 - lm-eval and datasets raise many kinds (network, files, task config)
+        reason = (str(err).splitlines() or [""])[0]
+        return [f"cannot load eval task(s) {', '.join(tasks)}: {type(err).__name__}: {reason}"]
     return []
 
 

@@ -123,6 +123,25 @@ def test_unknown_task_is_a_one_line_error(corpus, task_dir, tmp_path):
     assert not output_dir.exists()
 
 
+def test_task_whose_data_cannot_load_is_refused_at_start_up(tmp_path):
+    pytest.importorskip("lm_eval")
+    (tmp_path / "broken.yaml").write_text(f"""task: broken_task
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {tmp_path / "missing.jsonl"}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+""", encoding="utf-8")
+    from eval_tasks import check_eval_tasks
+
+    problems = check_eval_tasks(["broken_task"], str(tmp_path))
+    assert len(problems) == 1 and problems[0].startswith("cannot load eval task(s) broken_task:"), problems
+
+
 def test_score_names():
     assert score_key("hellaswag", "acc_norm,none") == "hellaswag/acc_norm"
     assert score_key("gsm8k", "exact_match,flexible-extract") == "gsm8k/exact_match_flexible-extract"
