@@ -282,36 +282,24 @@ def load_tokenizer(model_args: ModelArguments):
 
 
 def apply_overrides(config: SmolLM2Config, overrides: str) -> SmolLM2Config:
-    """'k=v,k=v' onto `config`, each value parsed as the type of the field it replaces; the result is
-    validated again (shapes that don't divide, non-positive sizes ...)."""
-    values = config.to_dict()
-    for item in filter(None, (part.strip() for part in overrides.split(","))):
-        key, sep, raw = item.partition("=")
-        key, raw = key.strip(), raw.strip()
+    """'k=v,k=v' onto `config` through transformers' `update_from_string`, as run_clm.py does (each value converted
+    to the type of the field it replaces). On top: each entry checked first, so that a mistake is named in one line,
+    and the result validated again (shapes that don't divide, non-positive sizes ...)."""
+    items = [item.strip() for item in overrides.split(",") if item.strip()]
+    for item in items:
+        key, sep, value = (part.strip() for part in item.partition("="))
         if not sep or not key:
             raise ArgumentError(f"config_overrides entry {item!r} is not key=value")
-        if key not in values:
+        if key not in config.to_dict():
             raise ArgumentError(f"config_overrides: unknown config field {key!r}")
-        values[key] = parse_like(values[key], raw, key)
-    if "head_dim=" not in overrides:
+        try:
+            config.update_from_string(f"{key}={value}")
+        except (ValueError, TypeError) as err:
+            raise ArgumentError(f"config_overrides: {key}={value!r} does not fit {key} ({err})") from None
+    values = config.to_dict()
+    if not any(item.partition("=")[0].strip() == "head_dim" for item in items):
         values.pop("head_dim", None)  # derived from hidden_size and num_attention_heads
     return SmolLM2Config(**values)
-
-
-def parse_like(current, raw: str, key: str):
-    if isinstance(current, bool):
-        if raw.lower() not in ("true", "false"):
-            raise ArgumentError(f"config_overrides: {key} must be true or false, got {raw!r}")
-        return raw.lower() == "true"
-    for kind in (int, float):
-        if isinstance(current, kind):
-            try:
-                return kind(raw)
-            except ValueError:
-                raise ArgumentError(f"config_overrides: {key} must be {kind.__name__}, got {raw!r}") from None
-    if current is None or isinstance(current, str):
-        return None if raw.lower() in ("none", "null") else raw
-    raise ArgumentError(f"config_overrides: {key} cannot be set from the command line")
 
 
 def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> SmolLM2Config:

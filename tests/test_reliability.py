@@ -265,7 +265,7 @@ BAD_INPUTS = {
                             r"text column 'text' not found in .*m\.jsonl line 1 \(columns: body, id\)"),
     "unknown override": (lambda t, c: ["--config_overrides", "hidden_sise=64"], r"unknown config field 'hidden_sise'"),
     "ill-typed override": (lambda t, c: ["--config_overrides", "num_hidden_layers=two"],
-                           r"num_hidden_layers must be int, got 'two'"),
+                           r"config_overrides: num_hidden_layers='two' does not fit num_hidden_layers \(invalid literal for int"),
     "shapes that don't divide": (lambda t, c: ["--config_overrides", "hidden_size=66,num_attention_heads=4"],
                                  r"hidden_size=66 must be divisible by num_attention_heads=4"),
     "block_size zero": (lambda t, c: ["--block_size", "0"], r"block_size must be positive, got 0"),
