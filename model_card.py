@@ -16,6 +16,7 @@ import os
 import sys
 
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
 
 from export import RUN_EXPORT_NAMES
 from plot_training_log import CURVES_PNG, read_training_log, score_keys
@@ -24,16 +25,7 @@ MODEL_CARD = "README.md"
 SAMPLES_LOG = "samples.jsonl"  # the file name written by callbacks.GenerationSamplesCallback
 MAX_SAMPLES = 3
 
-FRONT_MATTER = """---
-library_name: transformers
-license: apache-2.0
-pipeline_tag: text-generation
-tags:
-- smollm2
-- text-generation
-- pretraining
----
-"""
+TAGS = ["smollm2", "text-generation", "pretraining"]
 
 
 def last_samples(output_dir: str) -> tuple[int | None, list[dict]]:
@@ -110,19 +102,20 @@ def serving_section(output_dir: str) -> list[str]:
 
 
 def write_model_card(output_dir: str, *, model_config, num_parameters: int, data_description: str,
-                     training_args: dict, hub_model_id: str | None = None) -> str:
+                     training_args: dict, hub_model_id: str | None = None, license: str = "apache-2.0",
+                     datasets: list[str] | None = None, base_model: str | None = None) -> str:
     """Write `output_dir/README.md` and return its path.
 
     `model_config` is a `PretrainedConfig` or a dict of its fields; `training_args` holds the recipe settings
     to list (name -> value); `hub_model_id`, when the model is pushed, replaces the folder path in the
-    loading code.
+    loading code. `license`, `datasets` (Hub ids) and `base_model` (the Hub id continued from) go into the card's
+    metadata, which the Hub indexes.
     """
     config = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
     # what a reader can paste: the Hub id, else the folder as this command saw it (an absolute path of this machine
     # means nothing elsewhere)
     name = hub_model_id or os.path.relpath(output_dir)
     lines = [
-        FRONT_MATTER,
         f"# {os.path.basename(hub_model_id or os.path.abspath(output_dir))}",
         "",
         f"A causal language model with the SmolLM2 architecture (a Llama-style decoder): "
@@ -163,9 +156,14 @@ def write_model_card(output_dir: str, *, model_config, num_parameters: int, data
         "",
     ]
     lines += serving_section(output_dir)
+    try:
+        metrics = ["loss", "perplexity"] if read_training_log(output_dir)[1] else ["loss"]
+    except FileNotFoundError:
+        metrics = None
+    metadata = ModelCardData(license=license, library_name="transformers", pipeline_tag="text-generation",
+                             tags=TAGS, datasets=datasets or None, base_model=base_model, metrics=metrics)
     path = os.path.join(output_dir, MODEL_CARD)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    ModelCard(f"---\n{metadata.to_yaml()}\n---\n" + "\n".join(lines)).save(path)
     return path
 
 
@@ -194,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training_args", help="YAML or JSON file of recipe settings to list, e.g. the run's "
                                                 "configs/*.yaml. Default: no settings table.")
     parser.add_argument("--hub_model_id", help="Hub repository id to show in the loading code. Default: the folder.")
+    parser.add_argument("--license", default="apache-2.0", help="License identifier for the card's metadata.")
     args = parser.parse_args(argv)
     try:
         with open(os.path.join(args.output_dir, "config.json"), encoding="utf-8") as f:
@@ -204,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 training_args = yaml.safe_load(f) or {}  # YAML is a superset of JSON: one loader for both
         print(write_model_card(args.output_dir, model_config=model_config,
                                num_parameters=count_parameters(args.output_dir), data_description=args.data,
-                               training_args=training_args, hub_model_id=args.hub_model_id))
+                               training_args=training_args, hub_model_id=args.hub_model_id,
+                               license=args.license))
     except (OSError, ValueError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -153,6 +153,8 @@ class PretrainingArguments(TrainingArguments):
                 "a cluster log), where a bar's cursor escapes would garble the output."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={
         "help": "Every parameter is used in every step: skip DDP's extra graph traversal."})
+    model_card_license: str = field(default="apache-2.0", metadata={
+        "help": "License of the trained model, in the model card's metadata (a Hub license identifier)."})
     traceback: bool = field(default=False, metadata={"help": "Show the full traceback on errors."})
 
     def __post_init__(self):
@@ -468,7 +470,7 @@ def train(model_args, data_args, training_args) -> int:
     if training_args.should_save:
         for path in export_run(training_args.output_dir, comma_list(training_args.export_formats)):
             print(f"Exported {path}", flush=True)
-        write_report(model, data_args, training_args)
+        write_report(model, model_args, data_args, training_args)
         # written last: its step marks the final model as complete (a finished run started again stops here)
         trainer.save_state()
         print(f"Model saved to {training_args.output_dir}", flush=True)
@@ -483,7 +485,7 @@ RECIPE_KEYS = ("max_steps", "per_device_train_batch_size", "gradient_accumulatio
                "adam_epsilon", "bf16", "seed")
 
 
-def write_report(model, data_args, training_args) -> None:
+def write_report(model, model_args, data_args, training_args) -> None:
     """The final training curves and the model card (README.md) beside the saved model."""
     output_dir = training_args.output_dir
     plot_training_log(output_dir)
@@ -497,7 +499,11 @@ def write_report(model, data_args, training_args) -> None:
     write_model_card(output_dir, model_config=model.config, num_parameters=model.num_parameters(),
                      data_description=f"{source}; documents tokenized with EOS between them and packed into "
                                       f"{data_args.block_size}-token sequences.",
-                     training_args=recipe, hub_model_id=training_args.hub_model_id)
+                     training_args=recipe, hub_model_id=training_args.hub_model_id,
+                     license=training_args.model_card_license,
+                     datasets=None if data_args.train_file else [data_args.dataset_name],
+                     base_model=None if not model_args.model_name_or_path or is_path(model_args.model_name_or_path)
+                     else model_args.model_name_or_path)
 
 
 def main(argv: list[str] | None = None) -> int:

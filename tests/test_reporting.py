@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from huggingface_hub import ModelCard
 from matplotlib.image import imread
 
 from conftest import ROOT
@@ -97,7 +98,10 @@ def test_model_card_of_a_real_run(run_dir):
     assert path == os.path.join(run_dir, "README.md")
     card = read_text(path)
     train_rows, eval_rows = read_training_log(run_dir)
-    assert card.startswith("---\nlibrary_name: transformers\n")
+    metadata = ModelCard.load(path).data
+    assert (metadata.license, metadata.library_name, metadata.pipeline_tag) == ("apache-2.0", "transformers",
+                                                                             "text-generation")
+    assert "smollm2" in metadata.tags and metadata.metrics == ["loss", "perplexity"]
     assert "SmolLM2" in card and f"{num_parameters:,} parameters" in card
     assert f"Trained for {MAX_STEPS} optimizer steps on {train_rows[-1]['tokens_seen']:,} tokens" in card
     assert f"final training loss: {train_rows[-1]['loss']:.4f}" in card
@@ -110,10 +114,15 @@ def test_model_card_of_a_real_run(run_dir):
 
 def test_model_card_names_the_hub_repo(run_dir):
     config = json.loads(read_text(os.path.join(run_dir, "config.json")))
-    card = read_text(write_model_card(run_dir, model_config=config, num_parameters=1234567, data_description="docs",
-                                      training_args={}, hub_model_id="someone/smollm2-tiny"))
+    path = write_model_card(run_dir, model_config=config, num_parameters=1234567, data_description="docs",
+                            training_args={}, hub_model_id="someone/smollm2-tiny", license="mit",
+                            datasets=["HuggingFaceTB/smollm-corpus"], base_model="HuggingFaceTB/SmolLM2-135M")
+    card = read_text(path)
     assert "# smollm2-tiny" in card and "1,234,567 parameters" in card
     assert 'AutoModelForCausalLM.from_pretrained("someone/smollm2-tiny", trust_remote_code=True)' in card
+    metadata = ModelCard.load(path).data
+    assert metadata.license == "mit" and metadata.datasets == ["HuggingFaceTB/smollm-corpus"]
+    assert metadata.base_model == "HuggingFaceTB/SmolLM2-135M"
 
 
 @pytest.mark.parametrize("folder", ["", "checkpoint-20"])
