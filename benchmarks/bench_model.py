@@ -1,7 +1,9 @@
 """Training-step, generation and memory benchmark: SmolLM2ForCausalLM against transformers' LlamaForCausalLM.
 
 Both models get the same weights (a state-dict copy), Llama its default attention (SDPA), and both the Trainer's
-default optimizer (fused AdamW). Speed is timed interleaved in one process (ours, Llama, ours, Llama, ...) after
+default optimizer (fused AdamW). Ours runs as the training app builds it, with `use_speed_ops=True` (smollm2_ops.py);
+`--without rmsnorm rope swiglu loss` puts named ops back on the plain path (`--without all`: the plain model), to see
+what each op pays for. Speed is timed interleaved in one process (ours, Llama, ours, Llama, ...) after
 warm-up steps, so that drift in a shared machine's load hits both alike, and the median is reported.
 
     python benchmarks/bench_model.py                           # SmolLM2-135M, 8 x 256 tokens, CPU fp32 (minutes)
@@ -9,6 +11,7 @@ warm-up steps, so that drift in a shared machine's load hits both alike, and the
     python benchmarks/bench_model.py --config tiny --repeats 3  # a few seconds
     python benchmarks/bench_model.py --skip train generate --batch_size 4 --block_size 2048 --layers 2  # memory
     python benchmarks/bench_model.py --batch_size 8 --block_size 2048 --dtype bf16 --compile       # on a GPU
+    python benchmarks/bench_model.py --layers 6 --skip generate --without rope  # one op's share of speed and memory
 
 Reported per model: median step time (forward + backward + AdamW step), tokens/s, MFU, the step's extra memory,
 greedy generation tokens/s, and ours against Llama: speed as the median of per-round ratios (above 1: ours is
@@ -41,13 +44,18 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, also in children
 
 from configuration_smollm2 import SmolLM2Config  # noqa: E402
+import modeling_smollm2  # noqa: E402
+import smollm2_ops  # noqa: E402
 from modeling_smollm2 import SmolLM2ForCausalLM  # noqa: E402
 from throughput import device_peak_flops, flops_per_token, matmul_probe  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # SmolLM2Config fields that LlamaConfig does not have (or must not inherit, like model_type)
-NOT_LLAMA_FIELDS = ("model_type", "architectures", "auto_map", "loss_chunk_size", "transformers_version", "dtype")
+NOT_LLAMA_FIELDS = (
+    "model_type", "architectures", "auto_map", "loss_chunk_size", "use_speed_ops", "transformers_version", "dtype"
+)
+SPEED_OPS = ("rmsnorm", "rope", "swiglu", "loss")
 # Profiler op-name prefixes per kind of work; every other op counts as "other".
 OP_KINDS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
@@ -72,12 +80,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute layers in backward (both)")
     parser.add_argument("--peak_tflops", type=float, help="device peak for MFU, instead of the table/measurement")
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "generate", "memory"], help="parts to skip")
+    parser.add_argument("--without", nargs="*", default=[], choices=[*SPEED_OPS, "all"],
+                        help="speed ops of ours to replace by the plain path (all: use_speed_ops=False)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
+def plain_rms_norm(hidden_states, weight, eps):
+    norm = modeling_smollm2.SmolLM2RMSNorm(weight.shape[0], eps)
+    norm.weight = weight
+    return norm(hidden_states)
+
+
+def plain_causal_lm_loss(hidden_states, weight, labels, chunk_size, num_items_in_batch=None, **kwargs):
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    logits = hidden_states @ weight.t()
+    return ForCausalLMLoss(logits, labels, weight.shape[0], num_items_in_batch=num_items_in_batch, **kwargs)
+
+
+def disable_speed_ops(names):
+    """Benchmark-only ablation: the named ops of smollm2_ops take the plain path (in this process and children)."""
+    if "rmsnorm" in names:
+        smollm2_ops.rms_norm = plain_rms_norm
+    if "rope" in names:
+        smollm2_ops.apply_rotary_pos_emb = modeling_smollm2.apply_rotary_pos_emb
+    if "swiglu" in names:
+        smollm2_ops.swiglu_applies = lambda mlp: False
+    if "loss" in names:
+        smollm2_ops.causal_lm_loss = plain_causal_lm_loss
+
+
 def build_config(args) -> SmolLM2Config:
-    config = SmolLM2Config.tiny() if args.config == "tiny" else SmolLM2Config()
+    # as the training app builds it
+    config = SmolLM2Config.tiny(use_speed_ops=True) if args.config == "tiny" else SmolLM2Config(use_speed_ops=True)
+    if "all" in args.without:
+        config.use_speed_ops = False
     if args.layers:
         config.num_hidden_layers = args.layers
     return config
@@ -161,6 +199,7 @@ def cpu_step_memory_child(args, name, queue):
     ru_maxrss would still hold the warm step's peak.
     """
     torch.manual_seed(args.seed)
+    disable_speed_ops(args.without)
     config = build_config(args)
     model = prepare_for_training(build_model(name, config, torch.device("cpu"), DTYPES[args.dtype]), args)
     optimizer = make_optimizer(model)
@@ -241,6 +280,7 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(args.seed)
+    disable_speed_ops(args.without)
     config = build_config(args)
 
     ours = build_model("ours", config, device, dtype)
@@ -261,7 +301,8 @@ def main(argv=None):
         f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, "
         f"{ours.num_parameters():,} parameters; step {args.batch_size} x {args.block_size} tokens"
         f"{' with gradient checkpointing' if args.gradient_checkpointing else ''}; "
-        f"llama attention: {llama.config._attn_implementation}"
+        f"llama attention: {llama.config._attn_implementation}; "
+        f"ours: use_speed_ops={config.use_speed_ops}{', without ' + ' '.join(args.without) if args.without else ''}"
     )
 
     rows = {name: {} for name in models}
