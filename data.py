@@ -8,19 +8,25 @@ The same path serves the Hub corpus (`HuggingFaceTB/smollm-corpus`, `cosmopedia-
 tokens left over from the last document, so a restart continues mid-document, in any pass, without
 re-reading what was already trained on (torchdata's `StatefulDataLoader` collects it from every DataLoader
 worker).
+
+A mixture (`--dataset_mixture SOURCE=WEIGHT ...`, see `parse_mixture`) is `datasets.interleave_datasets` over the
+streamed sources, each document tagged with its source's index, before tokenizing and packing: the same packer,
+rank split and resume. The packer counts the tokens each source contributed (`tokens_by_source`) in its state.
 """
 
 import copy
 import glob
 import hashlib
 import json
+import math
 import os
+from dataclasses import dataclass
 from functools import partial
 from itertools import chain, islice
 
 import numpy as np
 import torch
-from datasets import Dataset, IterableDataset, load_dataset
+from datasets import Dataset, IterableDataset, interleave_datasets, load_dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import default_data_collator
 
@@ -218,19 +224,32 @@ def tokenize_batch(batch: dict, encode: IdsEncoder, eos: int, text_column: str) 
     return {"input_ids": [doc + [eos] for doc in encode(batch[text_column])]}
 
 
-def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str) -> IterableDataset:
+# the column that tags a mixture's documents with the index of their source (kept through tokenizing)
+SOURCE_COLUMN = "source_index"
+
+
+def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str, tagged: bool = False) -> IterableDataset:
     """Tokenize lazily (fast tokenizer, batched) and append EOS to every document, so that packed
-    neighbours are separated as in the official pretraining data."""
+    neighbours are separated as in the official pretraining data. `tagged`: keep a mixture's SOURCE_COLUMN."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token: documents could not be separated")
-    dataset = dataset.select_columns([text_column])
+    dataset = dataset.select_columns([text_column, SOURCE_COLUMN] if tagged else [text_column])
     # a module-level function with fn_kwargs, not a closure: spawned DataLoader workers pickle the dataset
     fn_kwargs = {"encode": IdsEncoder(tokenizer), "eos": eos, "text_column": text_column}
     return dataset.map(tokenize_batch, batched=True, batch_size=256, remove_columns=[text_column], fn_kwargs=fn_kwargs)
 
 
 NO_TOKENS = np.empty(0, dtype=np.int64)
+
+
+def document_positions(tokens: np.ndarray, eos: int) -> np.ndarray:
+    """Position ids that restart at 0 after every EOS (and at the block's start): the model then attends within
+    each document only (transformers' masking utilities read packed sequences from position ids)."""
+    index = np.arange(len(tokens))
+    starts = np.zeros(len(tokens), dtype=np.int64)
+    starts[1:] = np.where(tokens[:-1] == eos, index[1:], 0)
+    return index - np.maximum.accumulate(starts)
 
 
 class PackedDataset(torch.utils.data.IterableDataset):
@@ -246,34 +265,51 @@ class PackedDataset(torch.utils.data.IterableDataset):
     Samples are `input_ids`, `labels` (the same tensor: the model shifts them) and `data_pass`, 1 for the first
     pass. `state_dict()` is the state after the last sample yielded: the source's state (its epoch and position)
     and the leftover tokens of the document in progress, as a tensor (`torch.load(..., weights_only=True)` reads it).
+
+    `sources` (a mixture's number of sources; its documents carry SOURCE_COLUMN): the state also holds the source
+    of each leftover token and `tokens_by_source`, the tokens of every sample yielded so far counted by the source
+    they came from (a block can span sources). Saved with the data position, it is exact across resumes.
+    `document_eos`: samples also get `position_ids` restarting after each EOS, and the first token of each document
+    is not a prediction target (its context would be the previous document, which it cannot see).
     """
 
-    def __init__(self, tokenized: IterableDataset, block_size: int, passes: int | None = None, read_error=None):
+    def __init__(self, tokenized: IterableDataset, block_size: int, passes: int | None = None, read_error=None,
+                 sources: int = 0, document_eos: int | None = None):
         self.tokenized = tokenized
         self.block_size = block_size
         self.passes = passes
         # exception -> the error to raise when a document cannot be read (e.g. `bad_record`, which names the line)
         self.read_error = read_error
-        # where every iteration starts: (pass index, leftover tokens, the loaded source state when that is mid-pass)
-        self._start = (0, NO_TOKENS, None)
-        # (source state, tokens, offset) after the last sample yielded; the leftover is cut from it only when asked
-        # for, so that a long document costs no copy per block
-        self._position = (tokenized.state_dict(), NO_TOKENS, 0)
+        self.sources = sources
+        self.document_eos = document_eos
+        # where every iteration starts: (pass index, leftover tokens, their sources, the loaded source state when
+        # that is mid-pass, tokens_by_source)
+        self._start = (0, NO_TOKENS, NO_TOKENS, None, [0] * sources)
+        self.tokens_by_source = [0] * sources
+        # (source state, tokens, their sources, offset) after the last sample yielded; the leftover is cut from it
+        # only when asked for, so that a long document costs no copy per block
+        self._position = (tokenized.state_dict(), NO_TOKENS, NO_TOKENS, 0)
 
     def __iter__(self):
-        index, leftover, resumed_at = self._start
+        if torch.utils.data.get_worker_info() is not None:
+            # datasets keeps the epoch in shared memory, shared by every DataLoader worker: workers in different
+            # passes would set each other's epoch (and resume or sample the wrong pass). A copy has its own.
+            self.tokenized = copy.deepcopy(self.tokenized)
+        index, leftover, leftover_sources, resumed_at, tokens_by_source = self._start
+        self.tokens_by_source = list(tokens_by_source)
         while self.passes is None or index < self.passes:
             self.tokenized.set_epoch(index)  # datasets resumes a loaded position in its own epoch only
             counts = {"documents": 0, "blocks": 0}
-            yield from self._pack_pass(leftover, resumed_at, index + 1, counts)
-            if resumed_at is None and counts["blocks"] == 0:
+            yield from self._pack_pass(leftover, leftover_sources, resumed_at, index + 1, counts)
+            if resumed_at is None and counts["blocks"] == 0 and self.passes is None:  # else it would never end
                 if counts["documents"] == 0:
                     return  # nothing to read: a DataLoader worker that datasets gives no shard to
                 raise DataError(f"a whole pass over the training data ({counts['documents']} documents) holds fewer "
                                 f"than block_size={self.block_size} tokens: use more data or a smaller --block_size")
-            index, leftover, resumed_at = index + 1, NO_TOKENS, None
+            index, leftover, leftover_sources, resumed_at = index + 1, NO_TOKENS, NO_TOKENS, None
 
-    def _pack_pass(self, leftover: np.ndarray, source_state: dict | None, data_pass: int, counts: dict):
+    def _pack_pass(self, leftover: np.ndarray, leftover_sources: np.ndarray, source_state: dict | None,
+                   data_pass: int, counts: dict):
         """The samples of the rest of the current pass: `leftover` (tokens read before `source_state`, when
         resuming), then the documents still to come. Counts documents and blocks."""
         block_size = self.block_size
@@ -281,21 +317,36 @@ class PackedDataset(torch.utils.data.IterableDataset):
         # Documents are collected as lists and joined once a block is full: appending each document to one
         # growing list would copy the whole buffer per document, and torch.tensor(list) converts int by int.
         pieces, length = [leftover], len(leftover)
+        origins = [leftover_sources] if self.sources else None  # a mixture: each piece's tokens' source
+        token_sources = NO_TOKENS
         while True:
             if length >= block_size:
                 tokens = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=length)
                 blocks = torch.from_numpy(tokens)
+                if origins is not None:
+                    token_sources = np.concatenate(origins)
                 start = 0
                 while length - start >= block_size:
                     input_ids = blocks[start : start + block_size]
+                    sample = {"input_ids": input_ids, "labels": input_ids, "data_pass": data_pass}
+                    if origins is not None:
+                        block_sources = np.bincount(token_sources[start : start + block_size], minlength=self.sources)
+                        self.tokens_by_source = [a + int(b) for a, b in zip(self.tokens_by_source, block_sources)]
+                    if self.document_eos is not None:
+                        positions = torch.from_numpy(document_positions(tokens[start : start + block_size],
+                                                                        self.document_eos))
+                        sample["position_ids"] = positions
+                        sample["labels"] = input_ids.masked_fill(positions == 0, -100)
                     start += block_size
                     counts["blocks"] += 1
                     # the position after this sample, for a resume that starts with the next one (a resumed
                     # leftover can hold whole blocks: they come before the source's next document)
                     position = source_state if counts["documents"] == 0 else self.tokenized.state_dict()
-                    self._position = (position, tokens, start)
-                    yield {"input_ids": input_ids, "labels": input_ids, "data_pass": data_pass}
+                    self._position = (position, tokens, token_sources, start)
+                    yield sample
                 pieces, length = [tokens[start:]], length - start
+                if origins is not None:
+                    origins = [token_sources[start:]]
             try:
                 example = next(documents, None)
             except ValueError as err:  # pyarrow's and the JSON reader's parse errors
@@ -307,16 +358,41 @@ class PackedDataset(torch.utils.data.IterableDataset):
             counts["documents"] += 1
             pieces.append(example["input_ids"])
             length += len(example["input_ids"])
+            if origins is not None:
+                origins.append(np.full(len(example["input_ids"]), example[SOURCE_COLUMN], dtype=np.int64))
 
     def state_dict(self) -> dict:
-        source, tokens, start = self._position
-        return {"source": source, "leftover": torch.from_numpy(tokens[start:].copy())}
+        source, tokens, token_sources, start = self._position
+        state = {"source": source, "leftover": torch.from_numpy(tokens[start:].copy())}
+        if self.sources:
+            state["leftover_sources"] = torch.from_numpy(token_sources[start:].copy())
+            state["tokens_by_source"] = list(self.tokens_by_source)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.tokenized.load_state_dict(state["source"])
         leftover = np.asarray(state["leftover"], dtype=np.int64)
-        self._start = (state["source"]["epoch"], leftover, state["source"])
-        self._position = (state["source"], leftover, 0)
+        leftover_sources = np.asarray(state.get("leftover_sources", NO_TOKENS), dtype=np.int64)
+        self.tokens_by_source = [int(count) for count in state.get("tokens_by_source", [0] * self.sources)]
+        self._start = (state["source"]["epoch"], leftover, leftover_sources, state["source"], self.tokens_by_source)
+        self._position = (state["source"], leftover, leftover_sources, 0)
+
+
+def tokens_by_source(loader_state, sources: int) -> list[int]:
+    """The tokens per source of every sample a DataLoader delivered since step 0: the sum of its packers' counts in
+    its state (one packer, or one per DataLoader worker, wherever torchdata's state nests them)."""
+    totals = [0] * sources
+    if isinstance(loader_state, dict):
+        if "tokens_by_source" in loader_state and "leftover" in loader_state:  # a PackedDataset's state
+            return [int(count) for count in loader_state["tokens_by_source"]]
+        children = loader_state.values()
+    elif isinstance(loader_state, (list, tuple)):
+        children = loader_state
+    else:
+        return totals
+    for child in children:
+        totals = [a + b for a, b in zip(totals, tokens_by_source(child, sources))]
+    return totals
 
 
 def collate_blocks(samples: list[dict]) -> dict:
@@ -352,38 +428,153 @@ def not_held_out(batch: dict, held_out: set[bytes], text_column: str) -> list[bo
     return [document_key(text) not in held_out for text in batch[text_column]]
 
 
-def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1):
-    """Return (train PackedDataset, eval `datasets.Dataset` or None).
+@dataclass
+class MixtureSource:
+    """One `SOURCE[@COLUMN]=WEIGHT` entry of `--dataset_mixture`."""
+
+    name: str  # as the user wrote it, without the weight: the key in tokens_by_source and eval_loss/<name>
+    weight: float  # normalized: the weights of a mixture sum to 1
+    files: list[str]  # a local file or glob's files; [] for a Hub dataset
+    dataset_name: str | None  # a Hub dataset, with its config
+    dataset_config_name: str | None
+    text_column: str
+
+
+def parse_mixture(entries: list[str], text_column: str) -> list[MixtureSource]:
+    """`SOURCE[@COLUMN]=WEIGHT` entries -> sources with normalized weights.
+
+    SOURCE is a local file or glob (`data/code/*.parquet`; anything with a data file suffix, a glob character or a
+    path that exists) or a Hub dataset with an optional config (`HuggingFaceTB/smollm-corpus:fineweb-edu-dedup`).
+    `@COLUMN` names its text column when it is not `text_column`. Nothing is read here: see `load_source`.
+    """
+    if not entries:
+        raise DataError("dataset_mixture needs at least one SOURCE=WEIGHT entry")
+    sources, problems = [], []
+    for entry in entries:
+        name, sep, raw = entry.rpartition("=")
+        if not sep or not name.strip():
+            raise DataError(f"dataset_mixture entry {entry!r} is not SOURCE=WEIGHT")
+        name = name.strip()
+        try:
+            weight = float(raw)
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight) or weight < 0:
+            problems.append(f"dataset_mixture: the weight of {name!r} must be a positive number, got {raw.strip()!r}")
+        source, at, column = name.rpartition("@")
+        if not at or not column or "/" in column:  # an @ inside a path or Hub id is not a column
+            source, column = name, text_column
+        local = (glob.has_magic(source) or os.path.splitext(source)[1].lower() in LOCAL_BUILDERS
+                 or os.path.exists(source) or source.startswith((".", "/", "~")))
+        dataset_name, _, config = ("", "", "") if local else source.partition(":")
+        sources.append(MixtureSource(name, weight, expand_files(source) if local else [], dataset_name or None,
+                                     config or None, column))
+    names = [source.name for source in sources]
+    for name in sorted({name for name in names if names.count(name) > 1}):
+        problems.append(f"dataset_mixture names {name!r} twice")
+    if problems:
+        raise DataError("; ".join(problems))
+    total = sum(source.weight for source in sources)
+    if total == 0:
+        raise DataError("dataset_mixture: all weights are zero (at least one must be positive)")
+    zero = [source.name for source in sources if source.weight == 0]
+    if zero:
+        raise DataError(f"dataset_mixture: the weight of {zero[0]!r} must be a positive number, got 0")
+    for source in sources:
+        source.weight /= total
+    return sources
+
+
+def load_source(source: MixtureSource, data_args) -> IterableDataset:
+    """The source's documents as a stream with one column, `data_args.text_column`; errors name the source."""
+    args = copy.copy(data_args)
+    args.text_column, args.dataset_name, args.dataset_config_name = (source.text_column, source.dataset_name,
+                                                                     source.dataset_config_name)
+    try:
+        stream = load_text_stream(args, source.files)
+    except DataError as err:
+        raise DataError(f"dataset_mixture source {source.name!r}: {err}") from None
+    stream = stream.select_columns([source.text_column])
+    if source.text_column != data_args.text_column:
+        stream = stream.rename_column(source.text_column, data_args.text_column)
+    return stream
+
+
+def tag_source(batch: dict, index: int, text_column: str) -> dict:
+    return {SOURCE_COLUMN: [index] * len(batch[text_column])}
+
+
+def rank_split(stream: IterableDataset, rank: int, world_size: int) -> tuple[IterableDataset, str]:
+    """This rank's part of the stream, and how it is read: whole shards whenever there are at least as many
+    shards as ranks (a rank may get one more than another: the end-of-pass handling absorbs the difference),
+    else every world_size-th document of the whole stream (each rank reads and parses all of it)."""
+    if world_size == 1:
+        return stream, "whole"
+    if stream.num_shards >= world_size:
+        return split_dataset_by_node(stream, rank, world_size, strategy="shards"), \
+            f"{stream.num_shards} shards split between {world_size} ranks"
+    return split_dataset_by_node(stream, rank, world_size, strategy="examples"), \
+        f"{stream.num_shards} shard(s) for {world_size} ranks: every rank reads all, keeps one document in {world_size}"
+
+
+def eval_blocks(stream: IterableDataset | None, tokenizer, data_args, what: str) -> Dataset | None:
+    """The first `max_eval_samples` packed blocks of `stream`, materialised once (they are few) so that every
+    evaluation sees the same data without re-streaming it."""
+    if stream is None:
+        return None
+    document_eos = tokenizer.eos_token_id if getattr(data_args, "document_masking", False) else None
+    packed = PackedDataset(tokenize_stream(stream, tokenizer, data_args.text_column), data_args.block_size,
+                           passes=1, document_eos=document_eos)
+    samples = list(islice(packed, data_args.max_eval_samples))
+    if not samples:
+        raise DataError(f"{what} holds fewer than block_size={data_args.block_size} tokens: use more "
+                        "--validation_documents, a larger --validation_file or a smaller --block_size")
+    columns = {key: [sample[key] for sample in samples] for key in samples[0] if key != "data_pass"}
+    return Dataset.from_dict(columns).with_format("torch")
+
+
+def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 42):
+    """Return (train PackedDataset, eval data or None).
 
     Validation is `--validation_file`, else the first `validation_documents` documents of the stream,
-    which training never sees. The eval blocks are materialised once (they are few) so that every
-    evaluation sees the same data without re-streaming it. With several processes each rank trains on
-    its own part of the stream (`split_dataset_by_node`: whole shards when they divide evenly, else
-    every world_size-th document).
+    which training never sees: of each source's stream in a mixture, and the eval data is then a dict of
+    source name -> its blocks. The eval blocks are materialised once (they are few) so that every evaluation
+    sees the same data without re-streaming it. With several processes each rank trains on its own part of
+    the stream (`rank_split`). A mixture samples its sources with `seed` (`interleave_datasets`).
     """
-    train_files = expand_files(data_args.train_file)
-    stream = load_text_stream(data_args, train_files)
+    mixture = getattr(data_args, "dataset_mixture", None)
+    sources = parse_mixture(mixture, data_args.text_column) if mixture else None
+    document_eos = tokenizer.eos_token_id if getattr(data_args, "document_masking", False) else None
+    eval_data = None
     if data_args.validation_file:
         eval_stream = load_text_stream(data_args, expand_files(data_args.validation_file), split="validation")
-    elif data_args.validation_documents > 0:
-        eval_stream, stream = hold_out(stream, data_args.validation_documents, data_args.text_column)
+        eval_data = eval_blocks(eval_stream, tokenizer, data_args, "validation data")
+    if sources:
+        streams, held_out = [], {}
+        for index, source in enumerate(sources):
+            stream = load_source(source, data_args)
+            if not data_args.validation_file and data_args.validation_documents > 0:
+                eval_stream, stream = hold_out(stream, data_args.validation_documents, data_args.text_column)
+                held_out[source.name] = eval_blocks(eval_stream, tokenizer, data_args,
+                                                    f"the held-out documents of {source.name!r}")
+            fn_kwargs = {"index": index, "text_column": data_args.text_column}
+            streams.append(stream.map(tag_source, batched=True, batch_size=256, fn_kwargs=fn_kwargs))
+        eval_data = held_out or eval_data
+        # a source that runs out starts again while the others go on, so the weights hold; a pass over the
+        # mixture ends once every source has run out at least once (then the next pass starts them all afresh)
+        stream = interleave_datasets(streams, probabilities=[source.weight for source in sources], seed=seed,
+                                     stopping_strategy="all_exhausted")
+        read_error = None
     else:
-        eval_stream = None
-    if world_size > 1:
-        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-    read_error = partial(bad_record, train_files, data_args.text_column) if train_files else None
-    train = PackedDataset(tokenize_stream(stream, tokenizer, data_args.text_column), data_args.block_size,
-                          read_error=read_error)
-
-    eval_dataset = None
-    if eval_stream is not None:
-        packed = PackedDataset(tokenize_stream(eval_stream, tokenizer, data_args.text_column), data_args.block_size,
-                               passes=1)
-        blocks = [block["input_ids"] for block in islice(packed, data_args.max_eval_samples)]
-        if not blocks:
-            raise DataError(
-                f"validation data holds fewer than block_size={data_args.block_size} tokens: use more "
-                "--validation_documents, a larger --validation_file or a smaller --block_size"
-            )
-        eval_dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks}).with_format("torch")
-    return train, eval_dataset
+        train_files = expand_files(data_args.train_file)
+        stream = load_text_stream(data_args, train_files)
+        if not data_args.validation_file and data_args.validation_documents > 0:
+            eval_stream, stream = hold_out(stream, data_args.validation_documents, data_args.text_column)
+            eval_data = eval_blocks(eval_stream, tokenizer, data_args, "validation data")
+        read_error = partial(bad_record, train_files, data_args.text_column) if train_files else None
+    stream, reading = rank_split(stream, rank, world_size)
+    train = PackedDataset(tokenize_stream(stream, tokenizer, data_args.text_column, tagged=bool(sources)),
+                          data_args.block_size, read_error=read_error, sources=len(sources or ()),
+                          document_eos=document_eos)
+    train.mixture, train.reading = sources, reading  # for the start-up summary and the log's tokens_by_source
+    return train, eval_data

@@ -3,8 +3,8 @@
     python plot_training_log.py runs/demo                   # writes runs/demo/training_curves.png
     python plot_training_log.py runs/demo --out curves.png
 
-Three panels against the optimizer step: training loss with eval loss as markers, the learning rate, and
-throughput in tokens/s (with MFU on a second axis when it was logged); a fourth with the benchmark scores
+Three panels against the optimizer step: training loss with eval loss as markers (and each source's eval loss
+for a mixture), the learning rate, and throughput in tokens/s (with MFU on a second axis when it was logged); a fourth with the benchmark scores
 (`<task>/<metric>` in the eval rows, from `--eval_tasks`) against tokens seen when there are any. Null
 (non-finite) values show as gaps. The training app calls `plot_training_log` at evaluations, checkpoints and the end of training;
 `read_training_log` also serves `model_card.py`.
@@ -51,9 +51,19 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
+# a mixture's per-source eval fields (`eval_loss/<source>`, `perplexity/<source>`): not benchmark scores
+PER_SOURCE_PREFIXES = ("eval_loss/", "perplexity/")
+
+
 def score_keys(eval_rows: list[dict]) -> list[str]:
     """The benchmark scores in the eval rows (`<task>/<metric>`, written with --eval_tasks), in first-seen order."""
-    return list(dict.fromkeys(key for row in eval_rows for key in row if "/" in key))
+    return list(dict.fromkeys(key for row in eval_rows for key in row
+                              if "/" in key and not key.startswith(PER_SOURCE_PREFIXES)))
+
+
+def source_loss_keys(eval_rows: list[dict]) -> list[str]:
+    """A mixture's per-source eval losses (`eval_loss/<source>`), in first-seen order."""
+    return list(dict.fromkeys(key for row in eval_rows for key in row if key.startswith(PER_SOURCE_PREFIXES[0])))
 
 
 def tokens_per_step(train_rows: list[dict]) -> int | None:
@@ -111,6 +121,8 @@ def plot_training_log(output_dir: str, path: str | None = None) -> str:
     eval_steps, eval_losses = series(eval_rows, "eval_loss")
     if eval_steps:
         loss_ax.plot(eval_steps, eval_losses, "o", color="tab:orange", label="eval loss")
+    for key in source_loss_keys(eval_rows):
+        loss_ax.plot(*series(eval_rows, key), "x--", linewidth=0.8, label=key.replace("eval_loss/", "eval loss: "))
     loss_ax.set_ylabel("loss")
     loss_ax.legend(loc="upper right")
     loss_ax.grid(alpha=0.3)
