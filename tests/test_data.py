@@ -293,3 +293,45 @@ def test_a_bad_record_past_the_checked_ones_is_named_when_training_reaches_it(tm
     path.write_text("\n".join(line[:100] + '"}' if line.startswith('{"text": "') else line for line in lines))
     with pytest.raises(DataError, match=rf"invalid JSON in .*big\.jsonl at line {CHECKED_RECORDS + 151}"):
         build_datasets(data_args(train_file=str(path), block_size=16), tokenizer)
+
+
+def test_workers_in_different_passes_resume_exactly(tmp_path, tokenizer):
+    """Two workers whose files differ in size are in different passes most of the time. datasets shares the epoch
+    between workers, so each must set its own (a copy of the stream): else a resume, where both start at once, would
+    put one of them in the other's pass."""
+    write_jsonl(tmp_path / "part0.jsonl", [f"long document {i} " * (3 + 4 * i) for i in range(4)])
+    write_jsonl(tmp_path / "part1.jsonl", ["a short one"] * 3)
+
+    def loader():
+        train, _ = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=8), tokenizer)
+        return StatefulDataLoader(train, batch_size=2, num_workers=2, collate_fn=collate_blocks)
+
+    full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]
+    cut = 21
+    assert full[cut][1] != full[cut + 1][1], "the two workers should be in different passes at the cut"
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["input_ids"] for _ in range(cut)]
+    state = saved_and_loaded(first.state_dict())
+    del iterator
+    second = loader()
+    second.load_state_dict(state)
+    rest = [batch["input_ids"] for batch in itertools.islice(second, 40 - cut)]
+    assert all(torch.equal(a, b) for a, (b, _) in zip(head + rest, full, strict=True))
+
+
+def test_two_ranks_read_whole_shards_of_three(tmp_path, tokenizer):
+    """Three files for two ranks: rank 0 reads two whole files and rank 1 one (split_dataset_by_node would otherwise
+    make both read all three and keep every other document): no document read twice, none lost."""
+    texts = [f"document {i} is unique" for i in range(90)]
+    for k in range(3):
+        write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::3])
+
+    def documents(rank):
+        train, _ = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=16), tokenizer,
+                                  rank, 2)
+        assert train.reading == "3 shards split between 2 ranks"
+        return [tokenizer.decode(doc["input_ids"][:-1]) for doc in train.tokenized]
+
+    rank0, rank1 = documents(0), documents(1)
+    assert sorted(rank0 + rank1) == sorted(texts) and len(rank0) == 60 and len(rank1) == 30
