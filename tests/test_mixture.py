@@ -1,0 +1,139 @@
+"""Data mixtures (`--dataset_mixture`): token shares that follow the weights, exact resume (data, app, workers,
+torchrun) with `tokens_by_source`, per-source evaluation rows, bad input; `--document_masking`."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from conftest import write_jsonl
+from data import DataError, build_datasets, collate_blocks, parse_mixture, tokens_by_source
+from test_data import data_args, saved_and_loaded
+
+
+def write_sources(folder, texts_a, texts_b, shards=2):
+    """Source A (column `text`) and source B (column `content`), each as `shards` JSON Lines files; returns
+    their globs."""
+    for k in range(shards):
+        write_jsonl(folder / f"a{k}.jsonl", texts_a[k::shards])
+        with open(folder / f"b{k}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"content": text, "id": i}) + "\n" for i, text in enumerate(texts_b[k::shards]))
+    return str(folder / "a*.jsonl"), str(folder / "b*.jsonl")
+
+
+def mixture(a, b, weights=(0.8, 0.2)):
+    return [f"{a}={weights[0]}", f"{b}@content={weights[1]}"]
+
+
+def test_token_shares_follow_the_weights(tmp_path, tokenizer):
+    """Documents of the same lengths in both sources: over 300 blocks the token shares are within 3 points of
+    0.8/0.2, and the packer's counts add up to every token of every block."""
+    lengths = [4 + i % 23 for i in range(600)]
+    a, b = write_sources(tmp_path, [f"alpha {i} " + "word " * n for i, n in enumerate(lengths)],
+                         [f"beta {i} " + "word " * n for i, n in enumerate(lengths)])
+    train, _ = build_datasets(data_args(dataset_mixture=mixture(a, b), block_size=64), tokenizer)
+    blocks = list(itertools.islice(train, 300))
+    counts = train.state_dict()["tokens_by_source"]
+    assert sum(counts) == 300 * 64 and all(block["data_pass"] == 1 for block in blocks)
+    shares = [count / sum(counts) for count in counts]
+    print(f"token shares over 300 blocks of 64 tokens: {shares}")
+    assert shares == pytest.approx([0.8, 0.2], abs=0.03)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_mixture_resumes_exactly_in_any_pass_with_its_token_counts(tmp_path, tokenizer, num_workers):
+    """Source B holds a few short documents: it runs out and starts again many times while A goes on (the weights
+    hold), and the whole mixture is read several times. A state saved anywhere (a DataLoader reads ahead before it
+    is saved) resumes with the same blocks and the same tokens_by_source."""
+    a, b = write_sources(tmp_path, [f"alpha document {i} " * (2 + i) for i in range(8)],
+                         [f"beta {i}" for i in range(4)])
+    args = data_args(dataset_mixture=mixture(a, b, (0.5, 0.5)), block_size=16)
+
+    def loader():
+        train, _ = build_datasets(args, tokenizer)
+        return StatefulDataLoader(train, batch_size=2, num_workers=num_workers, collate_fn=collate_blocks)
+
+    full, counts = [], []
+    for batch in (iterator := loader()):
+        full.append((batch["input_ids"], batch["data_pass"]))
+        counts.append(tokens_by_source(iterator.state_dict(), 2))
+        if len(full) == 40:
+            break
+    assert full[-1][1] >= 3, "the mixture should be read several times"
+    assert [sum(c) for c in counts] == [2 * 16 * (i + 1) for i in range(40)]
+    for cut in (3, 25):
+        first = loader()
+        iterator = iter(first)
+        head = [next(iterator)["input_ids"] for _ in range(cut)]
+        state = first.state_dict()
+        next(iterator)
+        state = saved_and_loaded(state)
+        del iterator
+        assert tokens_by_source(state, 2) == counts[cut - 1]
+        second = loader()
+        second.load_state_dict(state)
+        rest, iterator = [], iter(second)
+        for batch in itertools.islice(iterator, 40 - cut):
+            rest.append(batch["input_ids"])
+        assert all(torch.equal(x, y) for x, (y, _) in zip(head + rest, full, strict=True)), cut
+        assert tokens_by_source(second.state_dict(), 2) == counts[-1]
+
+
+@pytest.mark.parametrize("entries, expected", [
+    (["a.jsonl=0.5", "b.jsonl=-1"], r"the weight of 'b\.jsonl' must be a positive number, got '-1'"),
+    (["a.jsonl=0.5", "b.jsonl=0"], r"the weight of 'b\.jsonl' must be a positive number, got 0"),
+    (["a.jsonl=half"], r"the weight of 'a\.jsonl' must be a positive number, got 'half'"),
+    (["a.jsonl=nan"], r"the weight of 'a\.jsonl' must be a positive number, got 'nan'"),
+    (["a.jsonl=0", "b.jsonl=0.0"], r"all weights are zero"),
+    (["a.jsonl"], r"entry 'a\.jsonl' is not SOURCE=WEIGHT"),
+    (["a.jsonl=1", "a.jsonl=2"], r"names 'a\.jsonl' twice"),
+])
+def test_bad_mixture_entries(entries, expected):
+    with pytest.raises(DataError, match=expected):
+        parse_mixture(entries, "text")
+
+
+def test_mixture_entries_are_parsed_and_normalized():
+    hub, local = parse_mixture(["HuggingFaceTB/smollm-corpus:fineweb-edu-dedup=3", "data/code/*.parquet@content=1"],
+                               "text")
+    assert (hub.dataset_name, hub.dataset_config_name, hub.files, hub.text_column, hub.weight) == (
+        "HuggingFaceTB/smollm-corpus", "fineweb-edu-dedup", [], "text", 0.75)
+    assert (local.name, local.dataset_name, local.text_column, local.weight) == (
+        "data/code/*.parquet@content", None, "content", 0.25)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_document_masking_gives_each_document_its_own_loss(tmp_path, tokenizer, attn):
+    """A packed block with document masking has the loss of its documents run one by one (token-weighted): position
+    ids restart after every EOS, attention stays inside each document, and no document's first token is predicted
+    from the one before."""
+    from configuration_smollm2 import SmolLM2Config
+    from modeling_smollm2 import SmolLM2ForCausalLM
+
+    path = write_jsonl(tmp_path / "a.jsonl", [f"Document {i}: " + "some words " * (i % 7) for i in range(40)])
+    train, evaluation = build_datasets(data_args(train_file=path, block_size=64, document_masking=True,
+                                                 validation_documents=10), tokenizer)
+    block = next(iter(train))
+    ids, positions, labels = block["input_ids"], block["position_ids"], block["labels"]
+    starts = (positions == 0).nonzero().flatten().tolist()
+    assert len(starts) > 3 and all(ids[start - 1] == tokenizer.eos_token_id for start in starts[1:])
+    assert labels[starts].eq(-100).all() and (labels != -100).sum() == 64 - len(starts)
+    assert evaluation[0]["position_ids"][0] == 0 and "position_ids" in evaluation.column_names
+
+    torch.manual_seed(0)
+    config = SmolLM2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2)
+    config._attn_implementation = attn
+    model = SmolLM2ForCausalLM(config).eval()
+    with torch.no_grad():
+        packed = model(input_ids=ids[None], position_ids=positions[None], labels=labels[None], use_cache=False).loss
+        total = 0.0
+        for start, end in zip(starts, starts[1:] + [64]):
+            document = ids[None, start:end]
+            if end - start > 1:
+                total += model(input_ids=document, labels=document, use_cache=False).loss * (end - start - 1)
+        unmasked = model(input_ids=ids[None], labels=labels[None], use_cache=False).loss
+    assert packed.item() == pytest.approx(total.item() / (64 - len(starts)), abs=1e-5)
+    assert abs(unmasked.item() - packed.item()) > 1e-3  # the mask is what made them equal
