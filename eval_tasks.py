@@ -41,8 +41,6 @@ def check_eval_tasks(tasks: list[str], include_path: str | None) -> list[str]:
         import lm_eval  # noqa: F401
     except ImportError:
         return ["--eval_tasks needs the lm-eval package (lm-evaluation-harness): pip install lm-eval"]
-    from lm_eval.tasks import get_task_dict
-
     manager = task_manager(include_path, tuple(tasks))
     unknown = [task for task in tasks if task not in set(manager.all_tasks)]
     if unknown:
@@ -52,7 +50,7 @@ def check_eval_tasks(tasks: list[str], include_path: str | None) -> list[str]:
     try:
         # builds each task with its data (downloaded once, then cached): data that cannot load fails now, not at
         # the first evaluation hours into the run
-        get_task_dict(tasks, manager)
+        manager.load(tasks)
     except Exception as err:  # noqa: BLE001 - lm-eval and datasets raise many kinds (network, files, task config)
         reason = (str(err).splitlines() or [""])[0]
         return [f"cannot load eval task(s) {', '.join(tasks)}: {type(err).__name__}: {reason}"]
