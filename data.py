@@ -557,6 +557,10 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
                 eval_stream, stream = hold_out(stream, data_args.validation_documents, data_args.text_column)
                 held_out[source.name] = eval_blocks(eval_stream, tokenizer, data_args,
                                                     f"the held-out documents of {source.name!r}")
+                if next(iter(stream.take(1)), None) is None:
+                    raise DataError(f"dataset_mixture source {source.name!r}: no documents left to train on after "
+                                    f"holding out the first {data_args.validation_documents} for evaluation (lower "
+                                    "--validation_documents)")
             fn_kwargs = {"index": index, "text_column": data_args.text_column}
             streams.append(stream.map(tag_source, batched=True, batch_size=256, fn_kwargs=fn_kwargs))
         eval_data = held_out or eval_data

@@ -335,3 +335,15 @@ def test_two_ranks_read_whole_shards_of_three(tmp_path, tokenizer):
 
     rank0, rank1 = documents(0), documents(1)
     assert sorted(rank0 + rank1) == sorted(texts) and len(rank0) == 60 and len(rank1) == 30
+
+    def rank0_blocks(state=None, count=None):
+        train, _ = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=16), tokenizer, 0, 2)
+        train.passes = 1  # endless otherwise
+        if state is not None:
+            train.load_state_dict(state)
+        blocks = [block["input_ids"].tolist() for block in itertools.islice(train, count)]
+        return blocks, saved_and_loaded(train.state_dict())
+
+    full, _ = rank0_blocks()
+    head, state = rank0_blocks(count=len(full) // 2 + 1)  # inside the second of its two files
+    assert head + rank0_blocks(state)[0] == full
