@@ -436,15 +436,24 @@ class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
 
 
 def register_auto_classes():
-    """What the app calls (nothing registers at import): save_pretrained then copies this file, the config's and
-    smollm2_ops.py next to the weights, so the folder loads anywhere with trust_remote_code=True (config.auto_map
-    names the classes), and the Auto classes map model_type "smollm2" in this process."""
+    """What the app calls before saving: save_pretrained then writes `auto_map` and copies this file, the config's
+    and smollm2_ops.py next to the weights, so that the folder loads anywhere with trust_remote_code=True.
+
+    Not done at import: a process that imported these two files alone (transformers' model tests, which copy only
+    them) would have every save_pretrained look for smollm2_ops.py to copy, and fail."""
     SmolLM2Config.register_for_auto_class()
     SmolLM2Model.register_for_auto_class("AutoModel")
     SmolLM2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-    AutoConfig.register("smollm2", SmolLM2Config, exist_ok=True)
-    AutoModel.register(SmolLM2Config, SmolLM2Model, exist_ok=True)
-    AutoModelForCausalLM.register(SmolLM2Config, SmolLM2ForCausalLM, exist_ok=True)
+
+
+# The one import-time side effect, kept on purpose: the Auto classes map model_type "smollm2" in every process that
+# imports this file, as they do for an in-library model. Without it, `AutoModelForCausalLM.from_config(config)` (how
+# transformers' own tests, TRL and PEFT helpers build a model from a config) fails for SmolLM2 in a process that has
+# the classes (tests/test_modeling.py shows it). exist_ok: a Hub copy of this file, loaded as remote code, registers
+# the same names.
+AutoConfig.register("smollm2", SmolLM2Config, exist_ok=True)
+AutoModel.register(SmolLM2Config, SmolLM2Model, exist_ok=True)
+AutoModelForCausalLM.register(SmolLM2Config, SmolLM2ForCausalLM, exist_ok=True)
 
 
 __all__ = ["SmolLM2PreTrainedModel", "SmolLM2Model", "SmolLM2ForCausalLM", "register_auto_classes"]

@@ -44,6 +44,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, also in children
 
 from configuration_smollm2 import SmolLM2Config  # noqa: E402
+from devices import default_device  # noqa: E402
 import modeling_smollm2  # noqa: E402
 import smollm2_ops  # noqa: E402
 from modeling_smollm2 import SmolLM2ForCausalLM  # noqa: E402
@@ -71,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=8, help="sequences per step (the recipe's 8)")
     parser.add_argument("--block_size", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter and compute dtype")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--device", default="auto", help="auto (a GPU that works, else MPS, else CPU), cpu, cuda, cuda:1 ...")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per model (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions per model first")
     parser.add_argument("--prompt_tokens", type=int, default=32, help="generation: prompt length (batch 1)")
@@ -275,9 +276,7 @@ def fmt_bytes(n) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
+    device = default_device() if args.device == "auto" else torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(args.seed)
     disable_speed_ops(args.without)

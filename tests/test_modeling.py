@@ -630,18 +630,26 @@ def test_save_pretrained_writes_remote_code_and_one_embedding(saved_folder):
         assert "lm_head.weight" not in f.keys()  # tied: stored once
 
 
-def test_nothing_registers_at_import_and_the_app_call_registers_everything():
+def test_import_maps_the_auto_classes_and_the_app_call_makes_saves_carry_the_code(tmp_path):
+    """Importing the model file maps model_type "smollm2" for the Auto classes (from_config works, as for an
+    in-library model); only register_auto_classes() makes save_pretrained copy the code and write auto_map."""
     script = (
-        "import modeling_smollm2\n"
-        "from transformers import AutoModelForCausalLM, CONFIG_MAPPING\n"
+        "import os, sys, modeling_smollm2\n"
+        "from transformers import AutoModel, AutoModelForCausalLM\n"
+        "config = modeling_smollm2.SmolLM2Config.tiny()\n"
+        "assert type(AutoModelForCausalLM.from_config(config)) is modeling_smollm2.SmolLM2ForCausalLM\n"
+        "assert type(AutoModel.from_config(config)) is modeling_smollm2.SmolLM2Model\n"
         "assert modeling_smollm2.SmolLM2ForCausalLM._auto_class is None\n"
-        "assert 'smollm2' not in CONFIG_MAPPING\n"
+        "model = AutoModelForCausalLM.from_config(config)\n"
+        "model.save_pretrained(sys.argv[1] + '/plain')\n"
+        "assert not os.path.exists(sys.argv[1] + '/plain/modeling_smollm2.py')\n"
         "modeling_smollm2.register_auto_classes()\n"
-        "model = AutoModelForCausalLM.from_config(modeling_smollm2.SmolLM2Config.tiny())\n"
-        "assert type(model) is modeling_smollm2.SmolLM2ForCausalLM\n"
+        "model.save_pretrained(sys.argv[1] + '/remote')\n"
+        "assert os.path.exists(sys.argv[1] + '/remote/smollm2_ops.py')\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
