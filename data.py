@@ -291,10 +291,11 @@ class PackedDataset(torch.utils.data.IterableDataset):
         self._position = (tokenized.state_dict(), NO_TOKENS, NO_TOKENS, 0)
 
     def __iter__(self):
-        if torch.utils.data.get_worker_info() is not None:
-            # datasets keeps the epoch in shared memory, shared by every DataLoader worker: workers in different
-            # passes would set each other's epoch (and resume or sample the wrong pass). A copy has its own.
-            self.tokenized = copy.deepcopy(self.tokenized)
+        if torch.utils.data.get_worker_info() is not None and isinstance(self.tokenized._epoch, torch.Tensor):
+            # datasets (5.2) keeps the epoch in one shared-memory tensor for every DataLoader worker (so that the
+            # main process's set_epoch reaches them): workers in different passes would set each other's epoch, and
+            # resume or sample the wrong pass. Each worker keeps its own (a copy of the whole stream costs ~1 s).
+            self.tokenized._epoch = self.tokenized._epoch.clone()
         index, leftover, leftover_sources, resumed_at, tokens_by_source = self._start
         self.tokens_by_source = list(tokens_by_source)
         while self.passes is None or index < self.passes:

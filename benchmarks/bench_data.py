@@ -52,7 +52,8 @@ def pipeline_rate(tokenizer, files: list[str], block_size: int, batch_size: int,
     """Steady-state tokens/s after the first batch, and the seconds until the first batch: worker start-up is paid
     once per run (the app keeps its workers), so it is reported apart from the rate."""
     args = argparse.Namespace(text_column="text", streaming=True)
-    dataset = PackedDataset(tokenize_stream(load_text_stream(args, files), tokenizer, "text"), block_size)
+    # one pass: the training stream is endless (passes=None) and this reads to its end
+    dataset = PackedDataset(tokenize_stream(load_text_stream(args, files), tokenizer, "text"), block_size, passes=1)
     loader = StatefulDataLoader(dataset, batch_size=batch_size, num_workers=workers)
     start = time.perf_counter()
     batches = iter(loader)
