@@ -1,7 +1,7 @@
-"""Trainer callbacks of the pretraining app: step timing, printed progress, the JSONL training log,
-generation samples and a clean stop on SIGTERM.
+"""Trainer callbacks of the pretraining app: printed progress, the JSONL training log, generation samples,
+curves and a clean stop on SIGTERM (step timing is `throughput.StepMeter`).
 
-Each callback does one thing; `run_pretrain.py` wires them to the Trainer. Files are written by the main
+Each callback does one thing; `run_pretrain.build_trainer` wires them to the Trainer. Files are written by the main
 process only, and the log files are cut back to the resumed step on a restart so that every step is
 logged exactly once across resumes.
 """
@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import time
 
 import torch
 import transformers
@@ -47,39 +46,9 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-class StepTimer(TrainerCallback):
-    """Times optimizer steps on the host: no device sync is added (the Trainer's gradient-norm check
-    already waits for the step). `data_wait` is filled by the Trainer around its batch fetch."""
-
-    def __init__(self):
-        self.reset()
-        self._begin = None
-
-    def reset(self):
-        self.steps, self.compute, self.data_wait = 0, 0.0, 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._begin = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._begin is not None:
-            self.compute += time.perf_counter() - self._begin
-            self.steps += 1
-            self._begin = None
-
-    def pop(self) -> tuple[int, float, float]:
-        """(steps, seconds computing, seconds waiting for data) since the last call."""
-        totals = self.steps, self.compute, self.data_wait
-        self.reset()
-        return totals
-
-
 class JsonlLogCallback(TrainerCallback):
     """Writes `training_log.jsonl`: one row per training log (`type: "train"`) and per evaluation
     (`type: "eval"`, with perplexity, and the `--eval_tasks` scores that `eval_tasks.EvalTasksCallback` added)."""
-
-    TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "step_time", "data_wait", "tokens_per_second",
-                  "tokens_per_second_per_device", "tokens_seen", "data_pass", "mfu", "peak_memory_gb", "skipped_steps")
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, TRAINING_LOG)
@@ -91,12 +60,15 @@ class JsonlLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        if "loss" in logs:
-            row = {"type": "train", "step": state.global_step}
-            row.update({key: logs[key] for key in self.TRAIN_KEYS if key in logs})
+        if "loss" in logs:  # whatever the Trainer logs: a new field needs no change here
+            row = {"type": "train", "step": state.global_step, **grouped(logs, TOKENS_BY_SOURCE)}
         elif "eval_loss" in logs:
+            # a mixture's per-source losses (eval_loss/<source>), each with its perplexity/<source>
+            per_source = {key: logs[key] for key in logs if key.startswith(EVAL_LOSS_OF)}
             row = {"type": "eval", "step": state.global_step, "eval_loss": logs["eval_loss"],
-                   "perplexity": perplexity(logs["eval_loss"]), **eval_row_fields(logs)}
+                   "perplexity": perplexity(logs["eval_loss"]), **per_source,
+                   **{"perplexity/" + key[len(EVAL_LOSS_OF):]: perplexity(loss) for key, loss in per_source.items()},
+                   **eval_row_fields({key: value for key, value in logs.items() if key not in per_source})}
         else:  # the end-of-training summary: printed by the Trainer, kept in trainer_state.json
             return
         append_jsonl(self.path, row)
@@ -106,20 +78,43 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 100 else float("inf")
 
 
+# a mixture's fields: flat in the Trainer's logs (TensorBoard takes scalars only), `tokens_by_source` a mapping
+# source -> tokens in training_log.jsonl
+TOKENS_BY_SOURCE = "tokens_by_source"
+EVAL_LOSS_OF = "eval_loss/"
+
+
+def grouped(logs: dict, name: str) -> dict:
+    """`logs` with its `name/<key>` fields gathered into one mapping `name: {key: value}`."""
+    prefix = name + "/"
+    group = {key[len(prefix):]: value for key, value in logs.items() if key.startswith(prefix)}
+    row = {key: value for key, value in logs.items() if not key.startswith(prefix)}
+    return {**row, name: group} if group else row
+
+
+# The training-log fields of the printed line, in order, with their format; a field that is absent or null (no MFU
+# without a known peak, no skipped steps) is left out. A new metric logged by the trainer shows here with one line.
+PRINTED_FIELDS = [
+    ("loss", "loss {:.4f}"),
+    ("learning_rate", "lr {:.3e}"),
+    ("step_time", "step {:.3f}s"),
+    ("tokens_per_second", "{:,.0f} tok/s"),
+    ("mfu", "mfu {:.1%}"),
+    ("skipped_steps", "skipped {} non-finite"),
+]
+
+
 def progress_line(state, logs) -> str | None:
     """One plain line for a training log or an evaluation, None for other logs."""
     if "loss" in logs:
-        parts = [f"step {state.global_step}/{state.max_steps}", f"loss {logs['loss']:.4f}",
-                 f"lr {logs.get('learning_rate', 0):.3e}"]
-        if "step_time" in logs:
-            parts += [f"step {logs['step_time']:.3f}s", f"{logs['tokens_per_second']:,.0f} tok/s"]
-        if logs.get("mfu") is not None:
-            parts.append(f"mfu {100 * logs['mfu']:.1f}%")
-        if logs.get("skipped_steps"):
-            parts.append(f"skipped {logs['skipped_steps']} non-finite")
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        parts += [form.format(logs[key]) for key, form in PRINTED_FIELDS if logs.get(key) is not None]
         return " | ".join(parts)
     if "eval_loss" in logs:
-        scores = "".join(f" | {key} {value:.4f}" for key, value in eval_row_fields(logs).items() if "/" in key)
+        per_source = {key: value for key, value in logs.items() if key.startswith(EVAL_LOSS_OF)}
+        scores = "".join(f" | {key} {value:.4f}" for key, value in per_source.items())
+        scores += "".join(f" | {key} {value:.4f}" for key, value in eval_row_fields(
+            {key: value for key, value in logs.items() if key not in per_source}).items() if "/" in key)
         return (f"step {state.global_step}/{state.max_steps} | eval_loss {logs['eval_loss']:.4f} | "
                 f"perplexity {perplexity(logs['eval_loss']):.2f}{scores}")
     return None

@@ -18,11 +18,11 @@ import sys
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from callbacks import SAMPLES_LOG
 from export import RUN_EXPORT_NAMES
 from plot_training_log import CURVES_PNG, read_training_log, score_keys
 
 MODEL_CARD = "README.md"
-SAMPLES_LOG = "samples.jsonl"  # the file name written by callbacks.GenerationSamplesCallback
 MAX_SAMPLES = 3
 
 TAGS = ["smollm2", "text-generation", "pretraining"]
@@ -79,10 +79,17 @@ def results_section(output_dir: str) -> list[str]:
             trained += f" on {last['tokens_seen']:,} tokens"
         lines += [f"{trained}.", "",
                   f"- final training loss: {number(last.get('loss'), '.4f')} (step {last['step']:,})"]
+        by_source = last.get("tokens_by_source") or {}
+        total = sum(by_source.values())
+        # a mixture: what each source contributed
+        lines += [f"- tokens from `{name}`: {count:,} ({count / total:.1%})" for name, count in by_source.items()
+                  if total]
     if eval_rows:
         last = eval_rows[-1]
         lines.append(f"- final eval loss: {number(last.get('eval_loss'), '.4f')}, perplexity "
                      f"{number(last.get('perplexity'), ',.2f')} (step {last['step']:,})")
+        lines += [f"- final eval loss on `{key[len('eval_loss/'):]}`: {number(last[key], '.4f')}" for key in last
+                  if key.startswith("eval_loss/")]
         # --eval_tasks: lm-evaluation-harness scores of the last evaluation
         lines += [f"- {key} (lm-evaluation-harness): {number(last[key], '.4f')}" for key in score_keys([last])]
     return ["## Training", ""] + lines + [""] if lines else []

@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 
 import datasets
 import torch
+import transformers
 import yaml
 from transformers import AutoTokenizer, HfArgumentParser, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging as hf_logging
 
-from callbacks import CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, SigtermCallback
+from callbacks import (CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, ProgressBarCallback,
+                       ProgressLinesCallback, SigtermCallback)
 from checkpoints import checkpoint_problem, newest_valid_checkpoint, saved_step
 from configuration_smollm2 import SmolLM2Config
-from data import DataError, build_datasets, collate_blocks
+from data import DataError, build_datasets, collate_blocks, parse_mixture
 from devices import default_device
 from eval_tasks import EvalTasksCallback, check_eval_tasks
 from export import FORMATS, RUN_EXPORT_NAMES, export_run
@@ -35,7 +37,7 @@ from hub import hub_problem
 from model_card import write_model_card
 from modeling_smollm2 import SmolLM2ForCausalLM, register_auto_classes
 from plot_training_log import plot_training_log
-from throughput import device_peak_flops, flops_per_token
+from throughput import StepMeter, device_peak_flops, flops_per_token
 from trainer import NonFiniteLossError, PretrainingTrainer
 
 DEFAULT_PROMPTS = ["Once upon a time,", "The capital of France is", "Photosynthesis is the process"]
@@ -76,10 +78,27 @@ class DataArguments:
         "help": "Stream the data (no download or Arrow conversion before training)."})
     validation_documents: int = field(default=1000, metadata={
         "help": "Without --validation_file: documents held out from the start of the stream (never trained on)."})
-    max_eval_samples: int = field(default=128, metadata={"help": "At most this many packed blocks per evaluation."})
+    max_eval_samples: int = field(default=128, metadata={
+        "help": "At most this many packed blocks per evaluation (per source with --dataset_mixture)."})
+    dataset_mixture: list[str] | None = field(default=None, metadata={
+        "help": "Train on a weighted mixture instead of --dataset_name/--train_file: SOURCE[@COLUMN]=WEIGHT ..., "
+                "SOURCE a Hub dataset[:config] (HuggingFaceTB/smollm-corpus:fineweb-edu-dedup) or a local file or "
+                "glob (data/code/*.parquet), @COLUMN its text column if not --text_column. Weights are normalized: "
+                "each document is drawn from a source with its weight's probability; a source that runs out "
+                "starts again. In a config file: a YAML list of the same strings or a mapping SOURCE: WEIGHT."})
+    document_masking: bool = field(default=False, metadata={
+        "help": "Attention stays within each document of a packed block (position ids restart after each EOS). "
+                "Off in the SmolLM2 recipe."})
 
     def __post_init__(self):
         problems = []
+        if self.dataset_mixture is not None:
+            try:
+                parse_mixture(self.dataset_mixture, self.text_column)
+            except DataError as err:
+                problems.append(str(err))
+            if self.train_file:
+                problems.append("--dataset_mixture and --train_file both given: list the file in the mixture")
         if self.block_size <= 0:
             problems.append(f"block_size must be positive, got {self.block_size}")
         if self.validation_documents < 0:
@@ -228,6 +247,8 @@ def config_file_argv(path: str) -> list[str]:
         raise ArgumentError(f"config file {path} must hold a mapping of option: value, got {type(values).__name__}")
     argv = []
     for key, value in values.items():
+        if isinstance(value, dict):  # dataset_mixture: {SOURCE: WEIGHT}
+            value = [f"{name}={weight}" for name, weight in value.items()]
         values_list = value if isinstance(value, list) else [value]
         argv += [f"--{key}", *(str(v) for v in values_list)]
     return argv
@@ -383,26 +404,37 @@ def resume_checkpoint(training_args: PretrainingArguments) -> str | None:
     return choice[0]
 
 
-def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eval_dataset, checkpoint):
-    tokens_per_step = (data_args.block_size * training_args.per_device_train_batch_size
-                       * training_args.gradient_accumulation_steps * training_args.world_size)
+def global_batch(training_args: PretrainingArguments) -> int:
+    """Sequences per optimizer step, all processes together."""
+    return (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+            * training_args.world_size)
+
+
+def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eval_dataset):
+    """The trainer with every callback of the app, assembled here."""
     if eval_dataset is None:
         training_args.eval_strategy = "no"
+    peak = device_peak_flops(training_args.device, torch.bfloat16 if training_args.bf16 else torch.float32,
+                             training_args.peak_tflops)
+    step_meter = StepMeter(global_batch(training_args) * data_args.block_size, training_args.world_size,
+                           flops_per_token(model.config, data_args.block_size), peak,
+                           warn=print if training_args.should_log else None)
     callbacks = [
+        step_meter,  # first: a step ends before samples are generated at it
+        ProgressLinesCallback if training_args.disable_tqdm else ProgressBarCallback,  # concise lines, not dicts
         JsonlLogCallback(training_args.output_dir),
         GenerationSamplesCallback(training_args.output_dir, training_args.generation_prompts,
                                   training_args.generation_steps, training_args.generation_max_new_tokens),
         CurvesCallback(),
         SigtermCallback(),
     ]
-    peak = device_peak_flops(training_args.device, torch.bfloat16 if training_args.bf16 else torch.float32,
-                             training_args.peak_tflops)
     trainer = PretrainingTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, data_collator=collate_blocks, callbacks=callbacks, data_state_dir=checkpoint,
-        tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(model.config, data_args.block_size),
-        peak_flops=peak, max_nonfinite_steps=training_args.max_nonfinite_steps,
+        processing_class=tokenizer, data_collator=collate_blocks, callbacks=callbacks, step_meter=step_meter,
+        max_nonfinite_steps=training_args.max_nonfinite_steps,
     )
+    trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     if training_args.eval_tasks:
         # first in line: its scores join the evaluation's log before TensorBoard and training_log.jsonl see it
         trainer.callback_handler.callbacks.insert(0, EvalTasksCallback(
@@ -415,16 +447,29 @@ def print_summary(model, data_args, training_args, peak_flops):
     if not training_args.should_log:
         return
     world = training_args.world_size
-    global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
+    sequences = global_batch(training_args)
     source = data_args.train_file or f"{data_args.dataset_name} ({data_args.dataset_config_name}, streamed)"
+    if data_args.dataset_mixture:
+        source = f"a mixture of {len(data_args.dataset_mixture)} sources"
     dtype = "bf16 autocast, fp32 weights" if training_args.bf16 else "fp32"
     print(f"model: SmolLM2, {model.num_parameters():,} parameters, {model.config.num_hidden_layers} layers, "
           f"hidden {model.config.hidden_size}, vocab {model.config.vocab_size}")
-    print(f"batch: {global_batch} sequences x {data_args.block_size} tokens = {global_batch * data_args.block_size:,} "
+    print(f"batch: {sequences} sequences x {data_args.block_size} tokens = {sequences * data_args.block_size:,} "
           f"tokens/step (per device {training_args.per_device_train_batch_size} x grad accum "
           f"{training_args.gradient_accumulation_steps} x {world} processes)")
     mfu = f"MFU against {peak_flops / 1e12:g} TFLOP/s" if peak_flops else "no MFU (unknown peak: --peak_tflops)"
     print(f"device: {training_args.device} ({dtype}, {mfu}); data: {source}; output: {training_args.output_dir}")
+
+
+def print_data_summary(train_dataset, data_args, training_args) -> None:
+    """A mixture's sources with their normalized weights, and how each rank reads the stream."""
+    if not training_args.should_log:
+        return
+    for source in train_dataset.mixture or ():
+        print(f"mixture: {source.weight:.1%} {source.name}" + (f" (text column {source.text_column!r})"
+                                                             if source.text_column != data_args.text_column else ""))
+    if training_args.world_size > 1:
+        print(f"data split between ranks: {train_dataset.reading}")
 
 
 def train(model_args, data_args, training_args) -> int:
@@ -444,14 +489,15 @@ def train(model_args, data_args, training_args) -> int:
     tokenizer = load_tokenizer(model_args)
     config = build_config(model_args, data_args, tokenizer)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args.process_index,
-                                                 training_args.world_size)
+                                                 training_args.world_size, seed=training_args.seed)
     check_output_dir(training_args.output_dir)  # inputs are all checked: from here on output_dir may change
     # trained == max_steps: the last checkpoint was saved but not the final model (stopped in between)
     finishing = trained == training_args.max_steps
     model = SmolLM2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32) if finishing else build_model(
         model_args, config)
-    trainer = build_trainer(data_args, training_args, tokenizer, model, train_dataset, eval_dataset, checkpoint)
-    print_summary(model, data_args, training_args, trainer.peak_flops)
+    trainer = build_trainer(data_args, training_args, tokenizer, model, train_dataset, eval_dataset)
+    print_summary(model, data_args, training_args, trainer.step_meter.peak_flops)
+    print_data_summary(train_dataset, data_args, training_args)
     if training_args.should_log:
         print(f"Saving the final model of {os.path.basename(checkpoint)}" if finishing else
               f"Resuming from {os.path.basename(checkpoint)}" if checkpoint else "Starting from step 0", flush=True)
@@ -491,6 +537,11 @@ def write_report(model, model_args, data_args, training_args) -> None:
     plot_training_log(output_dir)
     source = (f"local files: {data_args.train_file}" if data_args.train_file
               else f"`{data_args.dataset_name}` ({data_args.dataset_config_name}), streamed")
+    hub_datasets = None if data_args.train_file else [data_args.dataset_name]
+    if data_args.dataset_mixture:
+        mixture = parse_mixture(data_args.dataset_mixture, data_args.text_column)
+        source = "a mixture, " + ", ".join(f"`{source.name}` {source.weight:.1%}" for source in mixture)
+        hub_datasets = sorted({source.dataset_name for source in mixture if source.dataset_name}) or None
     recipe = {key: getattr(getattr(training_args, key), "value", getattr(training_args, key)) for key in RECIPE_KEYS}
     warmup = training_args.get_warmup_steps(training_args.max_steps)
     if 0 < training_args.warmup_steps < 1:
@@ -501,7 +552,7 @@ def write_report(model, model_args, data_args, training_args) -> None:
                                       f"{data_args.block_size}-token sequences.",
                      training_args=recipe, hub_model_id=training_args.hub_model_id,
                      license=training_args.model_card_license,
-                     datasets=None if data_args.train_file else [data_args.dataset_name],
+                     datasets=hub_datasets,
                      base_model=None if not model_args.model_name_or_path or is_path(model_args.model_name_or_path)
                      else model_args.model_name_or_path)
 

@@ -1,11 +1,14 @@
-"""FLOPs per token and device peaks, for MFU in the training log and the benchmarks.
+"""Throughput: the training log's speed fields (`StepMeter`), FLOPs per token and device peaks for MFU.
 
 FLOPs per token follow the PaLM paper's count (Chowdhery et al. 2022, appendix B): 6N for the weight
 matmuls forward and backward plus 12·L·H·Q·T for attention scores and values, with N the parameter count
 (the tied embedding counted once). SmolLM2-135M at T=2048: 0.807 G + 0.425 G = 1.232 GFLOP/token.
 """
 
+import time
+
 import torch
+from transformers import TrainerCallback
 
 # Dense (not sparse) peaks in TFLOP/s from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores,
 # plain fp32). MFU is measured against the column of the precision the matmuls run in.
@@ -60,3 +63,52 @@ def device_peak_flops(device, dtype=torch.bfloat16, override_tflops: float | Non
                 return half * 1e12
             return (tf32 if torch.get_float32_matmul_precision() != "highest" else fp32) * 1e12
     return None
+
+
+class StepMeter(TrainerCallback):
+    """The one owner of the throughput fields of the training log: step time, data wait, tokens/s (all ranks and
+    per device), MFU and tokens seen.
+
+    Steps are timed on the host, so no device sync is added (the trainer's gradient-norm check already waits for
+    each step): from the fetch of a step's first batch (the trainer reports its fetches, `fetched`) to the step's
+    end, `on_step_end`. The app puts this callback first, so that generation samples or other step-end work are
+    not counted.
+    """
+
+    def __init__(self, tokens_per_step: int, world_size: int, flops_per_token: float, peak_flops: float | None,
+                 warn=print):
+        self.tokens_per_step, self.world_size = tokens_per_step, world_size
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.warn = warn  # None where another process warns
+        self.start = None
+        self.steps, self.seconds, self.data_wait = 0, 0.0, 0.0
+
+    def fetched(self, start: float, end: float) -> None:
+        """The trainer took from `start` to `end` to fetch batches for the current step."""
+        self.start = start if self.start is None else self.start
+        self.data_wait += end - start
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None:
+            self.seconds += time.perf_counter() - self.start
+            self.steps += 1
+            self.start = None
+
+    def pop_fields(self, global_step: int) -> dict:
+        """The fields for a training log row, over the steps since the last call."""
+        fields = {"tokens_seen": global_step * self.tokens_per_step}
+        if self.steps:
+            step_time = self.seconds / self.steps
+            per_device = self.tokens_per_step / step_time / self.world_size
+            fields.update(step_time=step_time, data_wait=self.data_wait / self.steps,
+                          tokens_per_second=per_device * self.world_size, tokens_per_second_per_device=per_device)
+            mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
+            if mfu is not None and mfu <= 1:
+                fields["mfu"] = mfu
+            elif mfu is not None and self.warn:
+                # above the peak can only mean a wrong --peak_tflops: a number that is not MFU is not logged
+                self.warn(f"warning: the run does {mfu * self.peak_flops / 1e12:.1f} TFLOP/s per device, above the "
+                          f"peak of {self.peak_flops / 1e12:g}: MFU is not logged (check --peak_tflops)", flush=True)
+                self.warn = None
+        self.steps, self.seconds, self.data_wait = 0, 0.0, 0.0
+        return fields

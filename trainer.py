@@ -18,12 +18,14 @@ import os
 import time
 
 import torch
-import transformers
+from datasets import concatenate_datasets
 from transformers import Trainer
+from transformers.trainer_utils import EvalLoopOutput
 from accelerate.data_loader import prepare_data_loader
 
-from callbacks import ProgressBarCallback, ProgressLinesCallback, StepTimer
 from checkpoints import remove_manifest, rotate_checkpoints, write_manifest
+from data import tokens_by_source as data_tokens_by_source
+from throughput import StepMeter
 
 
 class NonFiniteLossError(RuntimeError):
@@ -35,25 +37,18 @@ def data_state_file(rank: int) -> str:
 
 
 class PretrainingTrainer(Trainer):
-    def __init__(self, *args, data_state_dir: str | None = None, tokens_per_step: int, flops_per_token: float,
-                 peak_flops: float | None, max_nonfinite_steps: int, **kwargs):
+    def __init__(self, *args, step_meter: StepMeter, max_nonfinite_steps: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.data_state_dir = data_state_dir
-        self.tokens_per_step = tokens_per_step
-        self.flops_per_token = flops_per_token
-        self.peak_flops = peak_flops
+        self.step_meter = step_meter  # one of the callbacks: it times the steps that this class fetches batches for
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.resume_from = None  # the checkpoint given to train(): it also holds each rank's data position
         self.nonfinite_in_a_row = 0
         self.skipped_since_log = 0
-        self.warned_mfu = False
         self.data_pass = 0  # the latest pass over the training data that a batch came from (1 for the first)
-        # first in line, so that its step ends before samples are generated or checkpoints saved
-        self.step_timer = StepTimer()
-        self.callback_handler.callbacks.insert(0, self.step_timer)
-        # concise lines instead of the Trainer's raw log dicts
-        self.remove_callback(transformers.trainer_callback.ProgressCallback)
-        self.remove_callback(transformers.trainer_callback.PrinterCallback)
-        self.add_callback(ProgressLinesCallback if self.args.disable_tqdm else ProgressBarCallback)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        self.resume_from = resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def get_train_dataloader(self):
         # Built here rather than by the Trainer because every rank already reads only its own part of the
@@ -71,8 +66,8 @@ class PretrainingTrainer(Trainer):
         dataloader = prepare_data_loader(loader, args.device, num_processes=1, process_index=0, put_on_device=True,
                                          dispatch_batches=False, non_blocking=self.accelerator.non_blocking,
                                          use_stateful_dataloader=True)
-        if self.data_state_dir is not None:
-            path = os.path.join(self.data_state_dir, data_state_file(args.process_index))
+        if self.resume_from is not None:
+            path = os.path.join(self.resume_from, data_state_file(args.process_index))
             dataloader.load_state_dict(torch.load(path, weights_only=True))
         return dataloader
 
@@ -102,7 +97,7 @@ class PretrainingTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         start = time.perf_counter()
         batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self.step_timer.data_wait += time.perf_counter() - start
+        self.step_meter.fetched(start, time.perf_counter())
         for batch in batches:  # a host-side int (data.collate_blocks): no sync, and not a model input
             self.data_pass = max(self.data_pass, batch.pop("data_pass", 0))
         return batches, num_items_in_batch
@@ -137,30 +132,56 @@ class PretrainingTrainer(Trainer):
             # later row would be NaN too. (Its logging_nan_inf_filter would hide the NaN instead; it is off.)
             self._tr_loss.zero_()
         if "loss" in logs:
-            steps, compute, data_wait = self.step_timer.pop()
-            logs["tokens_seen"] = self.state.global_step * self.tokens_per_step
-            logs["data_pass"] = self.data_pass
-            if steps:
-                step_time = (compute + data_wait) / steps
-                logs["step_time"] = step_time
-                logs["data_wait"] = data_wait / steps
-                logs["tokens_per_second"] = self.tokens_per_step / step_time
-                per_device = logs["tokens_per_second"] / self.args.world_size
-                logs["tokens_per_second_per_device"] = per_device
-                mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
-                if mfu is not None and mfu <= 1:
-                    logs["mfu"] = mfu
-                elif mfu is not None and not self.warned_mfu and self.args.should_log:
-                    # above the peak can only mean a wrong --peak_tflops: a number that is not MFU is not logged
-                    print(f"warning: the run does {mfu * self.peak_flops / 1e12:.1f} TFLOP/s per device, above "
-                          f"the peak of {self.peak_flops / 1e12:g}: MFU is not logged (check --peak_tflops)", flush=True)
-                    self.warned_mfu = True
+            logs.update(self.step_meter.pop_fields(self.state.global_step), data_pass=self.data_pass)
             if self.args.device.type == "cuda":  # allocator statistics: host-side, no sync
                 logs["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.args.device) / 2**30
             if self.skipped_since_log:
                 logs["skipped_steps"] = self.skipped_since_log
                 self.skipped_since_log = 0
+            logs.update(self.tokens_by_source())
         super().log(logs, start_time)
+
+    def tokens_by_source(self) -> dict[str, int]:
+        """A mixture's tokens trained on per source since step 0, all ranks together, as `tokens_by_source/<source>`
+        fields. Read from the data loader's state (the packers count them), which every checkpoint saves: exact
+        across resumes. Empty without a mixture."""
+        mixture = getattr(self.train_dataset, "mixture", None)
+        if not mixture:
+            return {}
+        state = self.callback_handler.train_dataloader.state_dict()
+        counts = torch.tensor(data_tokens_by_source(state, len(mixture)), dtype=torch.int64, device=self.args.device)
+        if self.args.world_size > 1:
+            torch.distributed.all_reduce(counts)  # a few integers, at log steps only
+        return {f"tokens_by_source/{source.name}": count for source, count in zip(mixture, counts.tolist())}
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        # A mixture's held-out blocks come as a dict, source -> blocks. The Trainer would run one evaluation (and log
+        # one row) per source, with no loss over all of them: here one evaluation logs both (`evaluation_loop`).
+        if eval_dataset is None and isinstance(self.eval_dataset, dict):
+            self.eval_sources = self.eval_dataset
+            try:
+                return super().evaluate(concatenate_datasets(list(self.eval_sources.values())), ignore_keys,
+                                        metric_key_prefix)
+            finally:
+                self.eval_sources = None
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """With per-source eval data: the loss of each source's blocks (`eval_loss/<source>`) and of all of them
+        (`eval_loss`, the mean over every block, as one evaluation of them all would give)."""
+        sources = getattr(self, "eval_sources", None)
+        if not sources:
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                           metric_key_prefix)
+        outputs = {name: super(PretrainingTrainer, self).evaluation_loop(
+            self.get_eval_dataloader(blocks), description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            for name, blocks in sources.items()}
+        loss = f"{metric_key_prefix}_loss"
+        samples = sum(output.num_samples for output in outputs.values())
+        metrics = {loss: sum(output.metrics[loss] * output.num_samples for output in outputs.values()) / samples}
+        metrics.update({f"{loss}/{name}": output.metrics[loss] for name, output in outputs.items()})
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)
 
     def _save_checkpoint(self, model, trial):
         # rotate (among complete checkpoints) only once the new one is complete, so that a crash mid-save

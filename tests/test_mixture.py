@@ -3,14 +3,22 @@ torchrun) with `tokens_by_source`, per-source evaluation rows, bad input; `--doc
 
 import itertools
 import json
+import os
+import re
+import shutil
 
 import pytest
 import torch
+import yaml
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+import run_pretrain
+from apprun import losses, read_log, run_app, tiny_args
 from conftest import write_jsonl
 from data import DataError, build_datasets, collate_blocks, parse_mixture, tokens_by_source
 from test_data import data_args, saved_and_loaded
+from test_distributed import run_torchrun
+from test_reliability import existing_output, tree_digest  # noqa: F401 (a fixture)
 
 
 def write_sources(folder, texts_a, texts_b, shards=2):
@@ -104,6 +112,33 @@ def test_mixture_entries_are_parsed_and_normalized():
         "data/code/*.parquet@content", None, "content", 0.25)
 
 
+BAD_MIXTURES = {
+    "unknown source": (lambda t, a: [str(t / "nope.jsonl=0.5"), f"{a}=0.5"],
+                       r"dataset_mixture source '.*nope\.jsonl': data file not found"),
+    "non-positive weight": (lambda t, a: [f"{a}=0.5", f"{a}@text=-0.5"], r"the weight of '.*@text' must be a positive"),
+    "non-numeric weight": (lambda t, a: [f"{a}=lots"], r"the weight of '.*\.jsonl' must be a positive number, got 'lots'"),
+    "no text column": (lambda t, a: [f"{a}=0.5", f"{a}@code=0.5"],
+                       r"dataset_mixture source '.*\.jsonl@code': text column 'code' not found in .*\.jsonl line 1"),
+    "all weights zero": (lambda t, a: [f"{a}=0", f"{a}@text=0"], r"dataset_mixture: all weights are zero"),
+    "all held out": (lambda t, a: [f"{a}=0.5", write_jsonl(t / "few.jsonl", [f"doc {i}" for i in range(20)]) + "=0.5"],
+                     r"source '.*few\.jsonl': no documents left to train on after holding out the first 20"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MIXTURES))
+def test_a_bad_mixture_fails_in_one_line_and_changes_nothing(case, tmp_path, corpus, existing_output, capsys):
+    entries, pattern = BAD_MIXTURES[case]
+    argv = tiny_args(existing_output, None)
+    del argv[argv.index("--train_file"):argv.index("--train_file") + 2]
+    argv += ["--dataset_mixture", *entries(tmp_path, corpus[0])]
+    before = tree_digest(existing_output)
+    assert run_pretrain.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+    assert tree_digest(existing_output) == before
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_document_masking_gives_each_document_its_own_loss(tmp_path, tokenizer, attn):
     """A packed block with document masking has the loss of its documents run one by one (token-weighted): position
@@ -137,3 +172,89 @@ def test_document_masking_gives_each_document_its_own_loss(tmp_path, tokenizer, 
         unmasked = model(input_ids=ids[None], labels=labels[None], use_cache=False).loss
     assert packed.item() == pytest.approx(total.item() / (64 - len(starts)), abs=1e-5)
     assert abs(unmasked.item() - packed.item()) > 1e-3  # the mask is what made them equal
+
+
+# ---- the app: tokens_by_source and per-source eval rows, and a kill after a checkpoint resumes exactly ----
+
+@pytest.fixture(scope="module")
+def app_sources(tmp_path_factory, corpus):
+    with open(corpus[0], encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in itertools.islice(f, 300)]
+    return write_sources(tmp_path_factory.mktemp("sources"), texts[:200], texts[200:])
+
+
+def mixture_argv(output_dir, sources, **overrides):
+    argv = tiny_args(output_dir, None, **{"max_steps": 8, "save_steps": 4, "eval_steps": 4, "generation_steps": 0,
+                                         **overrides})
+    del argv[argv.index("--train_file"):argv.index("--train_file") + 2]
+    return argv + ["--dataset_mixture", *mixture(*sources)]
+
+
+def killed_after_checkpoint_4(baseline, output_dir):
+    """The run as a kill -9 after checkpoint-4 leaves it: later checkpoints and the final files gone."""
+    shutil.copytree(baseline, output_dir)
+    shutil.rmtree(os.path.join(output_dir, "checkpoint-8"))
+    for name in ("model.safetensors", "trainer_state.json"):
+        os.remove(os.path.join(output_dir, name))
+
+
+def check_resumed(baseline, output_dir, result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Resuming from checkpoint-4" in result.stdout
+    rows = read_log(output_dir, "train")
+    assert [row["step"] for row in rows] == list(range(1, 9))  # each step once
+    assert losses(output_dir) == pytest.approx(losses(baseline), abs=1e-4)
+    counts = {row["step"]: row["tokens_by_source"] for row in read_log(baseline, "train")}
+    assert {row["step"]: row["tokens_by_source"] for row in rows} == counts
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_mixture_run_logs_each_source_and_resumes_exactly(tmp_path, app_sources, num_workers):
+    a, b = app_sources
+    names = [f"{a}", f"{b}@content"]
+    baseline = str(tmp_path / "baseline")
+    argv = mixture_argv(baseline, app_sources, dataloader_num_workers=num_workers)
+    result = run_app(argv)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"mixture: 80.0% {a}" in result.stdout and "(text column 'content')" in result.stdout
+    rows = read_log(baseline, "train")
+    assert all(list(row["tokens_by_source"]) == names for row in rows)
+    assert all(sum(row["tokens_by_source"].values()) == row["tokens_seen"] for row in rows)
+    evaluations = read_log(baseline, "eval")
+    assert [row["step"] for row in evaluations] == [4, 8]
+    for row in evaluations:
+        per_source = [row[f"eval_loss/{name}"] for name in names]
+        assert min(per_source) <= row["eval_loss"] <= max(per_source)
+        assert all(row[f"perplexity/{name}"] == pytest.approx(torch.tensor(row[f"eval_loss/{name}"]).exp().item(),
+                                                             rel=1e-4) for name in names)
+    with open(os.path.join(baseline, "README.md"), encoding="utf-8") as f:
+        card = f.read()
+    assert f"tokens from `{b}@content`" in card and f"final eval loss on `{a}`" in card
+
+    output_dir = str(tmp_path / "run")
+    killed_after_checkpoint_4(baseline, output_dir)
+    check_resumed(baseline, output_dir, run_app([output_dir if value == baseline else value for value in argv]))
+
+
+def test_mixture_under_torchrun_resumes_exactly(tmp_path, app_sources):
+    """Two gloo processes, each source split file by file between them: tokens_by_source counts both ranks."""
+    baseline = str(tmp_path / "baseline")
+    argv = mixture_argv(baseline, app_sources)
+    result = run_torchrun(argv)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "data split between ranks: 2 shards split between 2 ranks" in result.stdout
+    rows = read_log(baseline, "train")
+    assert all(sum(row["tokens_by_source"].values()) == row["tokens_seen"] == 2 * 4 * 64 * row["step"] for row in rows)
+    output_dir = str(tmp_path / "run")
+    killed_after_checkpoint_4(baseline, output_dir)
+    check_resumed(baseline, output_dir, run_torchrun([output_dir if value == baseline else value for value in argv]))
+
+
+@pytest.mark.parametrize("form", ["list", "mapping"])
+def test_a_config_file_takes_the_mixture_as_a_list_or_a_mapping(tmp_path, form):
+    entries = {"HuggingFaceTB/smollm-corpus:cosmopedia-v2": 0.6, "data/code/*.parquet@content": 0.4}
+    value = [f"{name}={weight}" for name, weight in entries.items()] if form == "list" else entries
+    path = tmp_path / "mixture.yaml"
+    path.write_text(yaml.safe_dump({"dataset_mixture": value, "max_steps": 3}))
+    _, data, _ = run_pretrain.parse_args([str(path)])
+    assert data.dataset_mixture == ["HuggingFaceTB/smollm-corpus:cosmopedia-v2=0.6", "data/code/*.parquet@content=0.4"]

@@ -162,7 +162,7 @@ def in_process_trainer(output_dir, corpus, callbacks, **overrides):
     config = run_pretrain.build_config(model_args, data_args, tokenizer)
     train, evaluation = run_pretrain.build_datasets(data_args, tokenizer)
     model = run_pretrain.build_model(model_args, config)
-    trainer = run_pretrain.build_trainer(data_args, args, tokenizer, model, train, evaluation, None)
+    trainer = run_pretrain.build_trainer(data_args, args, tokenizer, model, train, evaluation)
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
