@@ -723,6 +723,7 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
     for bf16, fp32 in zip(bf16_grads, fp32_grads):
         assert bf16.dtype == torch.float32
         assert F.cosine_similarity(bf16.flatten(), fp32.flatten(), dim=0) > 0.99
+        torch.testing.assert_close(bf16.norm(), fp32.norm(), atol=0, rtol=0.05)  # the direction and the scale
 
 
 def test_each_speed_op_matches_the_plain_path_in_values_and_gradients():
@@ -875,6 +876,7 @@ def test_swiglu_function_under_bf16_autocast_matches_the_module_path():
     for got, expected in zip(grads, module_grads):
         assert got.dtype == torch.float32
         assert F.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.999
+        torch.testing.assert_close(got.norm(), expected.norm(), atol=0, rtol=0.01)  # a scale error fails here
 
 
 # ------------------------------------------------------------------------------------ gradient checkpointing
