@@ -292,13 +292,17 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_fails_in_one_line_and_changes_nothing(case, tmp_path, corpus, existing_output, capsys):
     extra, pattern = BAD_INPUTS[case]
-    argv = tiny_args(existing_output, *corpus) + extra(tmp_path, corpus)
-    before = tree_digest(existing_output)
+    fails_in_one_line(tiny_args(existing_output, *corpus) + extra(tmp_path, corpus), pattern, existing_output, capsys)
+
+
+def fails_in_one_line(argv, pattern, output_dir, capsys):
+    """The app given `argv` exits 2 with one error line matching `pattern`, and changes nothing in output_dir."""
+    before = tree_digest(output_dir)
     assert run_pretrain.main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert re.search(pattern, err), err
-    assert tree_digest(existing_output) == before
+    assert tree_digest(output_dir) == before
 
 
 @pytest.mark.parametrize("content", ["max_steps: [1, 2\n", "- just\n- a list\n"])
