@@ -507,8 +507,9 @@ def train(model_args, data_args, training_args) -> int:
         trainer.train(resume_from_checkpoint=checkpoint)
         sigterm = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SigtermCallback))
         if sigterm.received:
-            print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved. "
-                  "Run the same command to resume.", flush=True)
+            if training_args.should_log:
+                print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved. "
+                      "Run the same command to resume.", flush=True)
             return 0
     model.config.use_cache = True  # the Trainer turns it off for training; users generate with the cache
     model.config.use_speed_ops = False  # a training choice of this app: the saved model is the plain one
