@@ -64,7 +64,7 @@ class JsonlLogCallback(TrainerCallback):
             row = {"type": "train", "step": state.global_step, **grouped(logs, TOKENS_BY_SOURCE)}
         elif "eval_loss" in logs:
             # a mixture's per-source losses (eval_loss/<source>), each with its perplexity/<source>
-            per_source = {key: logs[key] for key in logs if key.startswith(EVAL_LOSS_OF)}
+            per_source = source_losses(logs)
             row = {"type": "eval", "step": state.global_step, "eval_loss": logs["eval_loss"],
                    "perplexity": perplexity(logs["eval_loss"]), **per_source,
                    **{"perplexity/" + key[len(EVAL_LOSS_OF):]: perplexity(loss) for key, loss in per_source.items()},
@@ -82,6 +82,11 @@ def perplexity(loss: float) -> float:
 # source -> tokens in training_log.jsonl
 TOKENS_BY_SOURCE = "tokens_by_source"
 EVAL_LOSS_OF = "eval_loss/"
+
+
+def source_losses(logs: dict) -> dict:
+    """A mixture's per-source evaluation losses in `logs` (`eval_loss/<source>`)."""
+    return {key: value for key, value in logs.items() if key.startswith(EVAL_LOSS_OF)}
 
 
 def grouped(logs: dict, name: str) -> dict:
@@ -111,7 +116,7 @@ def progress_line(state, logs) -> str | None:
         parts += [form.format(logs[key]) for key, form in PRINTED_FIELDS if logs.get(key) is not None]
         return " | ".join(parts)
     if "eval_loss" in logs:
-        per_source = {key: value for key, value in logs.items() if key.startswith(EVAL_LOSS_OF)}
+        per_source = source_losses(logs)
         scores = "".join(f" | {key} {value:.4f}" for key, value in per_source.items())
         scores += "".join(f" | {key} {value:.4f}" for key, value in eval_row_fields(
             {key: value for key, value in logs.items() if key not in per_source}).items() if "/" in key)
