@@ -518,6 +518,31 @@ def rank_split(stream: IterableDataset, rank: int, world_size: int) -> tuple[Ite
         f"{stream.num_shards} shard(s) for {world_size} ranks: every rank reads all, keeps one document in {world_size}"
 
 
+def source_rank_split(stream: IterableDataset, rank: int, world_size: int,
+                      text_column: str) -> tuple[IterableDataset, str]:
+    """`rank_split` for one source of a mixture, before interleaving, so that each source is read its own way.
+
+    Hand-written because `interleave_datasets` takes only sources split alike by `split_dataset_by_node`: one
+    small source would make every rank read every source. A source with at least as many shards as ranks gives
+    each rank whole shards (`IterableDataset.shard`); a smaller one is read whole by every rank, which keeps the
+    documents whose digest falls to it. A digest rather than every world_size-th document: ranks whose other
+    sources have different shard counts split this one differently between their DataLoader workers, and a
+    position would then name different documents on different ranks."""
+    if world_size == 1:
+        return stream, "whole"
+    if stream.num_shards >= world_size:
+        return stream.shard(num_shards=world_size, index=rank, contiguous=False), \
+            f"{stream.num_shards} shards split between {world_size} ranks"
+    fn_kwargs = {"rank": rank, "world_size": world_size, "text_column": text_column}
+    return stream.filter(falls_to_rank, batched=True, batch_size=256, fn_kwargs=fn_kwargs), \
+        f"{stream.num_shards} shard(s) for {world_size} ranks: every rank reads all, keeps the documents whose digest " \
+        "falls to it"
+
+
+def falls_to_rank(batch: dict, rank: int, world_size: int, text_column: str) -> list[bool]:
+    return [int.from_bytes(document_key(text)[:8], "little") % world_size == rank for text in batch[text_column]]
+
+
 def eval_blocks(stream: IterableDataset | None, tokenizer, data_args, what: str) -> Dataset | None:
     """The first `max_eval_samples` packed blocks of `stream`, materialised once (they are few) so that every
     evaluation sees the same data without re-streaming it."""
@@ -541,7 +566,8 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
     which training never sees: of each source's stream in a mixture, and the eval data is then a dict of
     source name -> its blocks. The eval blocks are materialised once (they are few) so that every evaluation
     sees the same data without re-streaming it. With several processes each rank trains on its own part of
-    the stream (`rank_split`). A mixture samples its sources with `seed` (`interleave_datasets`).
+    the stream (`rank_split`; in a mixture, of each source's stream, `source_rank_split`). A mixture samples its
+    sources with `seed` (`interleave_datasets`).
     """
     mixture = getattr(data_args, "dataset_mixture", None)
     sources = parse_mixture(mixture, data_args.text_column) if mixture else None
@@ -551,7 +577,7 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
         eval_stream = load_text_stream(data_args, expand_files(data_args.validation_file), split="validation")
         eval_data = eval_blocks(eval_stream, tokenizer, data_args, "validation data")
     if sources:
-        streams, held_out = [], {}
+        streams, held_out, readings = [], {}, []
         for index, source in enumerate(sources):
             stream = load_source(source, data_args)
             if not data_args.validation_file and data_args.validation_documents > 0:
@@ -562,6 +588,11 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
                     raise DataError(f"dataset_mixture source {source.name!r}: no documents left to train on after "
                                     f"holding out the first {data_args.validation_documents} for evaluation (lower "
                                     "--validation_documents)")
+            stream, reading = source_rank_split(stream, rank, world_size, data_args.text_column)
+            if world_size > 1 and next(iter(stream.take(1)), None) is None:  # interleave_datasets would fail on it
+                raise DataError(f"dataset_mixture source {source.name!r}: rank {rank} of {world_size} gets none of its "
+                                f"documents ({reading}): use more data or fewer ranks")
+            readings.append(f"{source.name}: {reading}")
             fn_kwargs = {"index": index, "text_column": data_args.text_column}
             streams.append(stream.map(tag_source, batched=True, batch_size=256, fn_kwargs=fn_kwargs))
         eval_data = held_out or eval_data
@@ -569,7 +600,7 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
         # mixture ends once every source has run out at least once (then the next pass starts them all afresh)
         stream = interleave_datasets(streams, probabilities=[source.weight for source in sources], seed=seed,
                                      stopping_strategy="all_exhausted")
-        read_error = None
+        read_error, reading = None, "; ".join(readings)
     else:
         train_files = expand_files(data_args.train_file)
         stream = load_text_stream(data_args, train_files)
@@ -577,7 +608,7 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
             eval_stream, stream = hold_out(stream, data_args.validation_documents, data_args.text_column)
             eval_data = eval_blocks(eval_stream, tokenizer, data_args, "validation data")
         read_error = partial(bad_record, train_files, data_args.text_column) if train_files else None
-    stream, reading = rank_split(stream, rank, world_size)
+        stream, reading = rank_split(stream, rank, world_size)
     train = PackedDataset(tokenize_stream(stream, tokenizer, data_args.text_column, tagged=bool(sources)),
                           data_args.block_size, read_error=read_error, sources=len(sources or ()),
                           document_eos=document_eos)

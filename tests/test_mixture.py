@@ -14,7 +14,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 import run_pretrain
 from apprun import losses, read_log, run_app, tiny_args
 from conftest import write_jsonl
-from data import DataError, build_datasets, collate_blocks, parse_mixture, tokens_by_source
+from data import SOURCE_COLUMN, DataError, build_datasets, collate_blocks, parse_mixture, tokens_by_source
 from test_data import data_args, saved_and_loaded
 from test_distributed import run_torchrun
 from test_reliability import existing_output, fails_in_one_line  # noqa: F401 (a fixture)
@@ -236,7 +236,9 @@ def test_mixture_under_torchrun_resumes_exactly(tmp_path, app_sources):
     argv = mixture_argv(baseline, app_sources)
     result = run_torchrun(argv)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "data split between ranks: 2 shards split between 2 ranks" in result.stdout
+    a, b = app_sources
+    assert (f"data split between ranks: {a}: 2 shards split between 2 ranks; {b}@content: 2 shards split between 2 "
+            "ranks") in result.stdout
     rows = read_log(baseline, "train")
     assert all(sum(row["tokens_by_source"].values()) == row["tokens_seen"] == 2 * 4 * 64 * row["step"] for row in rows)
     output_dir = str(tmp_path / "run")
@@ -252,3 +254,64 @@ def test_a_config_file_takes_the_mixture_as_a_list_or_a_mapping(tmp_path, form):
     path.write_text(yaml.safe_dump({"dataset_mixture": value, "max_steps": 3}))
     _, data, _ = run_pretrain.parse_args([str(path)])
     assert data.dataset_mixture == ["HuggingFaceTB/smollm-corpus:cosmopedia-v2=0.6", "data/code/*.parquet@content=0.4"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_three_ranks_read_each_source_its_own_way(tmp_path, tokenizer, num_workers):
+    """Source A in four files, B in two, for three ranks: each rank reads whole files of A (two, one, one) and all of
+    B, keeping the B documents whose digest falls to it. Rank 0's DataLoader workers then split B between them,
+    the other ranks' one worker reads it all: still no document read twice, none lost, and an exact resume."""
+    texts_a, texts_b = [f"alpha {i} is unique" for i in range(40)], [f"beta {i} too" for i in range(30)]
+    a, b = write_sources(tmp_path, texts_a, texts_b, shards=2)
+    for k in range(4):
+        write_jsonl(tmp_path / f"a{k}.jsonl", texts_a[k::4])
+    args = data_args(dataset_mixture=mixture(a, b, (0.5, 0.5)), block_size=16, validation_documents=0)
+
+    def documents(rank):
+        """Every document this rank reads in one pass, as text, by source."""
+        train, _ = build_datasets(args, tokenizer, rank, 3)
+        assert train.reading == (f"{a}: 4 shards split between 3 ranks; {b}@content: 2 shard(s) for 3 ranks: every "
+                                 "rank reads all, keeps the documents whose digest falls to it")
+        read = ([], [])
+        loader = torch.utils.data.DataLoader(train.tokenized, batch_size=None, num_workers=num_workers)
+        for doc in loader:
+            read[int(doc[SOURCE_COLUMN])].append(tokenizer.decode(doc["input_ids"][:-1]))
+        return read
+
+    by_rank = [documents(rank) for rank in range(3)]
+    for source, texts in enumerate((texts_a, texts_b)):
+        kept = [set(read[source]) for read in by_rank]
+        assert set().union(*kept) == set(texts) and sum(map(len, kept)) == len(texts), source  # each once, none lost
+        assert all(kept), f"a rank kept nothing of source {source}"
+    assert [len(set(read[0])) for read in by_rank] == [20, 10, 10]
+
+    def loader():
+        train, _ = build_datasets(args, tokenizer, 0, 3)
+        return StatefulDataLoader(train, batch_size=2, num_workers=num_workers, collate_fn=collate_blocks)
+
+    full = [batch["input_ids"] for batch in itertools.islice(loader(), 30)]
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["input_ids"] for _ in range(11)]
+    state = saved_and_loaded(first.state_dict())
+    del iterator
+    second = loader()
+    second.load_state_dict(state)
+    rest = list(itertools.islice((batch["input_ids"] for batch in second), 30 - 11))
+    assert all(torch.equal(x, y) for x, y in zip(head + rest, full, strict=True))
+
+
+def test_a_source_with_nothing_for_a_rank_is_named(tmp_path, tokenizer):
+    """One document for two ranks: the rank it does not fall to would have an empty source to sample from."""
+    a, b = write_sources(tmp_path, [f"alpha {i}" for i in range(10)], ["the only beta document"], shards=1)
+    args = data_args(dataset_mixture=mixture(a, b), block_size=16, validation_documents=0)
+    errors = []
+    for rank in range(2):
+        try:
+            build_datasets(args, tokenizer, rank, 2)
+        except DataError as err:
+            errors.append(str(err))
+    assert len(errors) == 1, errors  # the document falls to exactly one rank
+    assert errors[0].startswith(f"dataset_mixture source '{b}@content': rank ")
+    assert errors[0].endswith(" of 2 gets none of its documents (1 shard(s) for 2 ranks: every rank reads all, keeps "
+                              "the documents whose digest falls to it): use more data or fewer ranks")
