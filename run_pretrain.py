@@ -16,6 +16,7 @@ import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 
 import datasets
 import torch
@@ -23,7 +24,7 @@ import transformers
 import yaml
 from transformers import AutoTokenizer, HfArgumentParser, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.utils import logging as hf_logging
+from transformers.utils import is_flash_attn_2_available, logging as hf_logging
 
 from callbacks import (CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, ProgressBarCallback,
                        ProgressLinesCallback, SigtermCallback)
@@ -59,8 +60,9 @@ class ModelArguments:
     tokenizer_name: str = field(default="HuggingFaceTB/SmolLM2-135M", metadata={
         "help": "Tokenizer: Hub id or local folder. From scratch, the model's vocabulary follows it."})
     attn_implementation: str = field(default="sdpa", metadata={
-        "help": "Attention backend: 'sdpa' (fast kernels) or 'eager' (exact reference).",
-        "choices": ["sdpa", "eager"]})
+        "help": "Attention backend: 'sdpa' (fast kernels), 'eager' (exact reference) or 'flash_attention_2' (CUDA "
+                "with the flash-attn package; with --document_masking its variable-length path).",
+        "choices": ["sdpa", "eager", "flash_attention_2"]})
 
 
 @dataclass
@@ -348,6 +350,9 @@ def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer
     if data_args.block_size > config.max_position_embeddings:
         raise ArgumentError(f"block_size {data_args.block_size} is above max_position_embeddings "
                             f"{config.max_position_embeddings}")
+    if model_args.attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+        raise ArgumentError("attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
+                            "(pip install flash-attn); use sdpa here")
     config._attn_implementation = model_args.attn_implementation
     # smollm2_ops' backward passes and chunked loss: faster, less memory; the model runs them only where measured
     config.use_speed_ops = True
@@ -419,6 +424,7 @@ def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eva
     step_meter = StepMeter(global_batch(training_args) * data_args.block_size, training_args.world_size,
                            flops_per_token(model.config, data_args.block_size), peak,
                            warn=print if training_args.should_log else None)
+    flatten = data_args.document_masking and model.config._attn_implementation == "flash_attention_2"
     callbacks = [
         step_meter,  # first: a step ends before samples are generated at it
         ProgressLinesCallback if training_args.disable_tqdm else ProgressBarCallback,  # concise lines, not dicts
@@ -430,7 +436,8 @@ def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eva
     ]
     trainer = PretrainingTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, data_collator=collate_blocks, callbacks=callbacks, step_meter=step_meter,
+        processing_class=tokenizer, data_collator=partial(collate_blocks, flatten=flatten), callbacks=callbacks,
+        step_meter=step_meter,
         max_nonfinite_steps=training_args.max_nonfinite_steps,
     )
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)

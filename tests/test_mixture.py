@@ -167,6 +167,16 @@ def test_document_masking_gives_each_document_its_own_loss(tmp_path, tokenizer, 
     assert packed.item() == pytest.approx(total.item() / (64 - len(starts)), abs=1e-5)
     assert abs(unmasked.item() - packed.item()) > 1e-3  # the mask is what made them equal
 
+    # flash attention's layout (collate_blocks(flatten=True)): three blocks as one row have the stacked blocks' loss
+    blocks = list(itertools.islice(train, 3))
+    stacked, row = collate_blocks([dict(b) for b in blocks]), collate_blocks(blocks, flatten=True)
+    assert row["input_ids"].shape == row["position_ids"].shape == row["labels"].shape == (1, 3 * 64)
+    inputs = ("input_ids", "position_ids", "labels")
+    with torch.no_grad():
+        by_row = model(**{key: row[key] for key in inputs}, use_cache=False).loss
+        by_block = model(**{key: stacked[key] for key in inputs}, use_cache=False).loss
+    assert by_row.item() == pytest.approx(by_block.item(), abs=1e-5)
+
 
 # ---- the app: tokens_by_source and per-source eval rows, and a kill after a checkpoint resumes exactly ----
 

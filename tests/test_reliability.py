@@ -282,6 +282,8 @@ BAD_INPUTS = {
                         r"dataset .HuggingFaceTB/smollm-corpus.*the Hub cannot be reached.*--train_file"),
     "output_dir not writable": (lambda t, c: ["--output_dir", os.path.join(bad_file(t, "f", "x"), "sub")],
                                 r"output_dir .*f/sub is not writable"),
+    "flash attention here": (lambda t, c: ["--attn_implementation", "flash_attention_2"],
+                             r"attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package"),
     "re-reading the data": (lambda t, c: ["--ignore_data_skip", "false"],
                             r"ignore_data_skip=False is not supported: a resumed run restores its data position"),
     "incomplete resume checkpoint": (lambda t, c: ["--resume_from_checkpoint", str(t / "out" / "checkpoint-7")],
