@@ -16,6 +16,7 @@ import transformers
 from transformers import TrainerCallback
 
 from eval_tasks import eval_row_fields
+from log_fields import LOG_FIELDS
 from plot_training_log import TRAINING_LOG, jsonl_rows, plot_training_log
 
 SAMPLES_LOG = "samples.jsonl"
@@ -97,23 +98,13 @@ def grouped(logs: dict, name: str) -> dict:
     return {**row, name: group} if group else row
 
 
-# The training-log fields of the printed line, in order, with their format; a field that is absent or null (no MFU
-# without a known peak, no skipped steps) is left out. A new metric logged by the trainer shows here with one line.
-PRINTED_FIELDS = [
-    ("loss", "loss {:.4f}"),
-    ("learning_rate", "lr {:.3e}"),
-    ("step_time", "step {:.3f}s"),
-    ("tokens_per_second", "{:,.0f} tok/s"),
-    ("mfu", "mfu {:.1%}"),
-    ("skipped_steps", "skipped {} non-finite"),
-]
-
-
 def progress_line(state, logs) -> str | None:
     """One plain line for a training log or an evaluation, None for other logs."""
     if "loss" in logs:
         parts = [f"step {state.global_step}/{state.max_steps}"]
-        parts += [form.format(logs[key]) for key, form in PRINTED_FIELDS if logs.get(key) is not None]
+        # a field absent or null (no MFU without a known peak, no skipped steps) is left out
+        parts += [field.printed.format(logs[field.key]) for field in LOG_FIELDS
+                  if field.printed and logs.get(field.key) is not None]
         return " | ".join(parts)
     if "eval_loss" in logs:
         per_source = source_losses(logs)

@@ -3,11 +3,12 @@
     python plot_training_log.py runs/demo                   # writes runs/demo/training_curves.png
     python plot_training_log.py runs/demo --out curves.png
 
-Three panels against the optimizer step: training loss with eval loss as markers (and each source's eval loss
-for a mixture), the learning rate, and throughput in tokens/s (with MFU on a second axis when it was logged); a fourth with the benchmark scores
-(`<task>/<metric>` in the eval rows, from `--eval_tasks`) against tokens seen when there are any. Null
-(non-finite) values show as gaps. The training app calls `plot_training_log` at evaluations, checkpoints and the end of training;
-`read_training_log` also serves `model_card.py`.
+One panel against the optimizer step per `panel` of `log_fields.LOG_FIELDS` (loss, learning rate, tokens/s with MFU
+on a second axis when it was logged), the eval losses as markers on the loss panel (and each source's for a
+mixture), and a last panel with the benchmark scores (`<task>/<metric>` in the eval rows, from `--eval_tasks`)
+against tokens seen when there are any. Null (non-finite) values show as gaps. The training app calls
+`plot_training_log` at evaluations, checkpoints and the end of training; `read_training_log` also serves
+`model_card.py`.
 """
 
 import argparse
@@ -15,6 +16,8 @@ import json
 import math
 import os
 import sys
+
+from log_fields import LOG_FIELDS
 
 TRAINING_LOG = "training_log.jsonl"  # the file name written by callbacks.JsonlLogCallback
 CURVES_PNG = "training_curves.png"
@@ -95,57 +98,64 @@ def plot_line(ax, steps, values, **kwargs):
     return ax.plot(steps, values, marker=marker, markersize=3, **kwargs)
 
 
-def plot_training_log(output_dir: str, path: str | None = None) -> str:
-    """Write the curves of `output_dir/training_log.jsonl` to `path` (default
-    `output_dir/training_curves.png`) and return that path."""
+def plot_panel(ax, panel: str, train_rows: list[dict]) -> list:
+    """The fields of LOG_FIELDS drawn in `panel`, a twin field on a second y axis; returns the lines drawn."""
+    lines, twin = [], None
+    for field in LOG_FIELDS:
+        steps, values = series(train_rows, field.key)
+        if field.panel != panel or not has_values(values):
+            continue
+        target = ax
+        if field.twin:
+            target = twin = twin or ax.twinx()
+            twin.set_ylabel(field.key)
+        lines += plot_line(target, steps, values, label=field.key, color=f"C{len(lines)}",
+                           linestyle="--" if field.twin else "-")
+    ax.set_ylabel(panel)
+    ax.grid(alpha=0.3)
+    return lines
+
+
+def curves_figure(output_dir: str):
+    """The curves of `output_dir/training_log.jsonl` as a matplotlib Figure."""
     # imported here: the training app imports this module, and matplotlib costs a second to import
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     train_rows, eval_rows = read_training_log(output_dir)
-    path = path or os.path.join(output_dir, CURVES_PNG)
-
-    # a bare Figure renders with Agg and leaves pyplot's global state and backend alone: no screen needed
+    panels = list(dict.fromkeys(field.panel for field in LOG_FIELDS if field.panel))
     scores = score_keys(eval_rows)
-    fig = Figure(figsize=(8, 12 if scores else 9), layout="constrained")
-    axes = fig.subplots(4 if scores else 3, 1)
-    loss_ax, lr_ax, speed_ax = axes[:3]
-    for ax in (loss_ax, lr_ax):  # the step axis, shown once; the scores panel has its own (tokens)
-        ax.sharex(speed_ax)
-        ax.tick_params(labelbottom=False)
-    if scores:
-        plot_scores(axes[3], train_rows, eval_rows, scores)
+    # a bare Figure renders with Agg and leaves pyplot's global state and backend alone: no screen needed
+    fig = Figure(figsize=(8, 3 * (len(panels) + bool(scores))), layout="constrained")
+    axes = fig.subplots(len(panels) + bool(scores), 1, squeeze=False)[:, 0]
     fig.suptitle(os.path.basename(os.path.abspath(output_dir)))
+    step_axes = axes[:len(panels)]
+    for ax, panel in zip(step_axes, panels):
+        lines = plot_panel(ax, panel, train_rows)
+        if panel == "loss":
+            eval_steps, eval_losses = series(eval_rows, "eval_loss")
+            if eval_steps:
+                lines += ax.plot(eval_steps, eval_losses, "o", color="tab:orange", label="eval_loss")
+            for key in source_loss_keys(eval_rows):
+                lines += ax.plot(*series(eval_rows, key), "x--", linewidth=0.8, label=key)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 4))
+        if lines:
+            ax.legend(lines, [line.get_label() for line in lines], loc="best", fontsize="small")
+    for ax in step_axes[:-1]:  # the step axis, shown once; the scores panel has its own (tokens)
+        ax.sharex(step_axes[-1])
+        ax.tick_params(labelbottom=False)
+    step_axes[-1].set_xlabel("step")
+    step_axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all panels: no step 2.5
+    if scores:
+        plot_scores(axes[-1], train_rows, eval_rows, scores)
+    return fig
 
-    plot_line(loss_ax, *series(train_rows, "loss"), label="train loss", color="tab:blue")
-    eval_steps, eval_losses = series(eval_rows, "eval_loss")
-    if eval_steps:
-        loss_ax.plot(eval_steps, eval_losses, "o", color="tab:orange", label="eval loss")
-    for key in source_loss_keys(eval_rows):
-        loss_ax.plot(*series(eval_rows, key), "x--", linewidth=0.8, label=key.replace("eval_loss/", "eval loss: "))
-    loss_ax.set_ylabel("loss")
-    loss_ax.legend(loc="upper right")
-    loss_ax.grid(alpha=0.3)
 
-    plot_line(lr_ax, *series(train_rows, "learning_rate"), color="tab:green")
-    lr_ax.set_ylabel("learning rate")
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    lr_ax.grid(alpha=0.3)
-
-    lines = plot_line(speed_ax, *series(train_rows, "tokens_per_second"), color="tab:purple", label="tokens/s")
-    speed_ax.set_ylabel("tokens/s")
-    speed_ax.set_xlabel("step")
-    speed_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all panels: no step 2.5
-    speed_ax.grid(alpha=0.3)
-    mfu_steps, mfu = series(train_rows, "mfu")
-    if has_values(mfu):
-        mfu_ax = speed_ax.twinx()
-        # on one device MFU is tokens/s times a constant, so its line lies on the tokens/s one: dashed shows both
-        lines += plot_line(mfu_ax, mfu_steps, [100 * value for value in mfu], color="tab:red", linestyle="--",
-                           label="MFU")
-        mfu_ax.set_ylabel("MFU (%)")
-    speed_ax.legend(lines, [line.get_label() for line in lines], loc="best")
-
+def plot_training_log(output_dir: str, path: str | None = None) -> str:
+    """Write the curves of `output_dir/training_log.jsonl` to `path` (default
+    `output_dir/training_curves.png`) and return that path."""
+    fig = curves_figure(output_dir)
+    path = path or os.path.join(output_dir, CURVES_PNG)
     # written next to the target and swapped in: a viewer never sees a half-written PNG
     tmp = path + ".tmp"
     fig.savefig(tmp, format="png", dpi=100)

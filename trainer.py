@@ -25,6 +25,7 @@ from accelerate.data_loader import prepare_data_loader
 
 from checkpoints import remove_manifest, rotate_checkpoints, write_manifest
 from data import tokens_by_source as data_tokens_by_source
+from log_fields import LOG_FIELDS
 from throughput import StepMeter
 
 
@@ -139,6 +140,7 @@ class PretrainingTrainer(Trainer):
                 logs["skipped_steps"] = self.skipped_since_log
                 self.skipped_since_log = 0
             logs.update(self.tokens_by_source())
+            logs.update({field.key: field.derive(logs, self.args) for field in LOG_FIELDS if field.derive})
         super().log(logs, start_time)
 
     def tokens_by_source(self) -> dict[str, int]:

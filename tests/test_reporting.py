@@ -137,3 +137,31 @@ def test_generate_bad_path_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert result.stdout == ""
+
+
+def test_a_new_metric_is_one_declared_field(tmp_path, corpus, capsys):
+    """The learning rate's ratio to its peak, added as one LogField line: the trainer computes it in every training
+    row of the log, the progress line prints it and the curves draw it in the learning-rate panel."""
+    import run_pretrain
+    from apprun import read_log, tiny_args
+    from log_fields import LOG_FIELDS, LogField
+    from plot_training_log import curves_figure
+
+    field = LogField("lr_fraction_of_peak", "lr/peak {:.2f}", "learning rate", twin=True,
+                     derive=lambda logs, args: logs["learning_rate"] / args.learning_rate)
+    output_dir = str(tmp_path / "run")
+    LOG_FIELDS.append(field)
+    try:
+        argv = tiny_args(output_dir, *corpus, max_steps=4, save_steps=4, eval_steps=4, generation_steps=0,
+                         warmup_steps=2, disable_tqdm="true")
+        assert run_pretrain.main(argv) == 0
+        fig = curves_figure(output_dir)
+    finally:
+        LOG_FIELDS.remove(field)
+    rows = read_log(output_dir, "train")
+    ratios = [row["learning_rate"] / max(r["learning_rate"] for r in rows) for row in rows]  # 0, 0.5, 1, 0.5
+    assert [row["lr_fraction_of_peak"] for row in rows] == pytest.approx(ratios) and ratios[2] == 1.0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [f"lr/peak {ratio:.2f}" in line for line, ratio in zip(printed, ratios)] == [True] * 4, printed
+    lr_axes = [ax for ax in fig.axes if ax.get_ylabel() == "lr_fraction_of_peak"]
+    assert len(lr_axes) == 1 and lr_axes[0].lines[0].get_ydata().tolist() == pytest.approx(ratios)
