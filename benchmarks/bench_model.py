@@ -153,6 +153,35 @@ def train_step(model, optimizer, input_ids):
     optimizer.zero_grad(set_to_none=True)
 
 
+def model_matmuls(config: SmolLM2Config, tokens: int, dtype) -> dict:
+    """The matmuls of one training step at the model's own shapes, alone: {"layer": (run, FLOPs, count), "head": ...}.
+
+    Per linear layer its forward (x @ W.T), input-gradient (g @ W) and weight-gradient (g.T @ x) products; the LM
+    head in loss_chunk_size rows at a time, as the chunked loss runs it. A decoder layer runs num_hidden_layers
+    times per step. Their best rate is the matmul rate that the step can at most reach: on a few CPU cores the
+    model's short inner dimensions (hidden 576) run well below a square 2048 matmul."""
+    hidden, inner = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * config.head_dim
+    layer = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (inner, hidden), (inner, hidden),
+             (hidden, inner)]  # (out, in) of q, k, v, o, gate, up, down
+    chunk = min(config.loss_chunk_size, tokens)
+    head = [(config.vocab_size, hidden)] * (tokens // chunk)
+
+    def products(shapes, rows):
+        weights = [torch.randn(out, inp, dtype=dtype) for out, inp in shapes]
+        inputs = {n: torch.randn(rows, n, dtype=dtype) for shape in shapes for n in shape}
+
+        def run():
+            for weight in weights:
+                out, inp = weight.shape
+                torch.mm(inputs[inp], weight.t())  # forward
+                torch.mm(inputs[out], weight)  # gradient of the input
+                torch.mm(inputs[out].t(), inputs[inp])  # gradient of the weight
+        return run, sum(3 * 2 * rows * out * inp for out, inp in shapes)
+
+    return {"layer": (*products(layer, tokens), config.num_hidden_layers), "head": (*products(head, chunk), 1)}
+
+
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -321,10 +350,16 @@ def main(argv=None):
             print("--compile skipped: inductor's CPU compile takes minutes and is not what this benchmark is for")
         if interleaved_peak:
             steps["matmul"], matmul_flops = matmul_probe(dtype=dtype)
+            own = model_matmuls(config, tokens, dtype)
+            steps.update({f"matmuls:{name}": run for name, (run, _, _) in own.items()})
         times = time_interleaved(steps, device, args.warmup, args.repeats)
         matmul_times = times.pop("matmul", None)
         if matmul_times:
             peak = matmul_flops / min(matmul_times)
+            # the step's matmuls alone, each kind at its best: FLOPs over seconds, weighted as often as a step runs them
+            own_times = {name: min(times.pop(f"matmuls:{name}")) for name in own}
+            own_peak = (sum(flops * count for _, flops, count in own.values())
+                        / sum(own_times[name] * count for name, (_, _, count) in own.items()))
         for name, step_times in times.items():
             seconds = statistics.median(step_times)
             rows[name]["step_times"] = step_times
@@ -332,10 +367,15 @@ def main(argv=None):
             rows[name]["tokens_per_s"] = tokens / seconds
             if peak:  # measured peak: best against best (see the module docstring); a named one: the median step
                 rows[name]["mfu"] = step_flops / (min(step_times) if matmul_times else seconds) / peak
+            if matmul_times:
+                rows[name]["mfu_own"] = step_flops / min(step_times) / own_peak
         if device.type == "cpu":
             breakdown = {name: cpu_time_by_kind(steps[name]) for name in models}
     print(f"peak for MFU: {'unknown' if peak is None else f'{peak / 1e12:.3f} TFLOP/s'}"
-          f"{' (best matmul of the timing rounds, against the best steps)' if interleaved_peak and peak else ''}")
+          f"{' (best 2048^2 matmul of the timing rounds, against the best steps)' if interleaved_peak and peak else ''}")
+    if interleaved_peak and "train" not in args.skip:
+        print(f"the step's own matmul shapes alone: {own_peak / 1e12:.3f} TFLOP/s ({own_peak / peak:.0%} of that "
+              "peak); 'MFU own' is MFU against it: how close the step runs to its matmuls' limit")
 
     if "memory" not in args.skip:
         for name, model in models.items():
@@ -358,13 +398,14 @@ def main(argv=None):
                 rows[name]["gen_tokens_per_s"] = args.new_tokens / statistics.median(times)
 
     print()
-    print(f"{'model':<16}{'step ms':>10}{'tokens/s':>12}{'MFU':>8}{'step extra mem':>18}{'gen tokens/s':>15}")
+    print(f"{'model':<16}{'step ms':>10}{'tokens/s':>12}{'MFU':>8}{'MFU own':>9}{'step extra mem':>18}"
+          f"{'gen tokens/s':>15}")
     for name, row in rows.items():
         step = f"{row['step_s'] * 1e3:,.0f}" if "step_s" in row else "-"
         tps = f"{row['tokens_per_s']:,.0f}" if "tokens_per_s" in row else "-"
-        mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
+        mfu, mfu_own = (f"{row[key]:.1%}" if row.get(key) is not None else "-" for key in ("mfu", "mfu_own"))
         gen = f"{row['gen_tokens_per_s']:,.1f}" if "gen_tokens_per_s" in row else "-"
-        print(f"{name:<16}{step:>10}{tps:>12}{mfu:>8}{fmt_bytes(row.get('memory')):>18}{gen:>15}")
+        print(f"{name:<16}{step:>10}{tps:>12}{mfu:>8}{mfu_own:>9}{fmt_bytes(row.get('memory')):>18}{gen:>15}")
 
     if breakdown:
         print()
