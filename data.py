@@ -10,8 +10,9 @@ re-reading what was already trained on (torchdata's `StatefulDataLoader` collect
 worker).
 
 A mixture (`--dataset_mixture SOURCE=WEIGHT ...`, see `parse_mixture`) is `datasets.interleave_datasets` over the
-streamed sources, each document tagged with its source's index, before tokenizing and packing: the same packer,
-rank split and resume. The packer counts the tokens each source contributed (`tokens_by_source`) in its state.
+streamed sources, each document tagged with its source's index, before tokenizing and packing: the same packer
+and resume, each source split between ranks on its own (`source_rank_split`). The packer counts the tokens each
+source contributed (`tokens_by_source`) in its state.
 """
 
 import copy
