@@ -26,9 +26,9 @@ def speed_ops_apply(use_speed_ops: bool, tensor: torch.Tensor, needs_grad: bool 
     """Whether a module whose config says `use_speed_ops` runs its speed op on `tensor`, or the plain path."""
     return (
         use_speed_ops
+        and (torch.is_grad_enabled() or not needs_grad)  # first: the cheapest test, and False in every decoding step
         and tensor.device.type == "cpu"  # measured on CPU only; elsewhere the plain path is the known quantity
         and not torch.compiler.is_compiling()  # the plain path is what compiles (and fuses) best
-        and (torch.is_grad_enabled() or not needs_grad)
     )
 
 
