@@ -424,7 +424,6 @@ def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eva
     step_meter = StepMeter(global_batch(training_args) * data_args.block_size, training_args.world_size,
                            flops_per_token(model.config, data_args.block_size), peak,
                            warn=print if training_args.should_log else None)
-    flatten = data_args.document_masking and model.config._attn_implementation == "flash_attention_2"
     callbacks = [
         step_meter,  # first: a step ends before samples are generated at it
         ProgressLinesCallback if training_args.disable_tqdm else ProgressBarCallback,  # concise lines, not dicts
@@ -434,11 +433,12 @@ def build_trainer(data_args, training_args, tokenizer, model, train_dataset, eva
         CurvesCallback(),
         SigtermCallback(),
     ]
+    # document masking under flash attention: each batch as one row, for flash's variable-length path
+    flatten = data_args.document_masking and model.config._attn_implementation == "flash_attention_2"
     trainer = PretrainingTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, data_collator=partial(collate_blocks, flatten=flatten), callbacks=callbacks,
-        step_meter=step_meter,
-        max_nonfinite_steps=training_args.max_nonfinite_steps,
+        step_meter=step_meter, max_nonfinite_steps=training_args.max_nonfinite_steps,
     )
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
