@@ -551,6 +551,15 @@ def falls_to_rank(batch: dict, rank: int, world_size: int, text_column: str) -> 
     return [int.from_bytes(document_key(text)[:8], "little") % world_size == rank for text in batch[text_column]]
 
 
+def check_rank_part(stream: IterableDataset, rank: int, world_size: int, reading: str, what: str) -> None:
+    """A rank's part must hold a document: a rank with no data would stop while the others wait for it in a
+    collective, and interleave_datasets fails on an empty source. (Not `stream.take(1)`: a stream split by
+    `split_dataset_by_node` takes before it splits, and that one document may be another rank's.)"""
+    if world_size > 1 and next(iter(stream), None) is None:
+        raise DataError(f"{what}: rank {rank} of {world_size} gets none of its documents ({reading}): use more "
+                        "data or fewer ranks")
+
+
 def eval_blocks(stream: IterableDataset | None, tokenizer, data_args, what: str) -> Dataset | None:
     """The first `max_eval_samples` packed blocks of `stream`, materialised once (they are few) so that every
     evaluation sees the same data without re-streaming it."""
@@ -597,9 +606,7 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
                                     f"holding out the first {data_args.validation_documents} for evaluation (lower "
                                     "--validation_documents)")
             stream, reading = source_rank_split(stream, rank, world_size, data_args.text_column)
-            if world_size > 1 and next(iter(stream.take(1)), None) is None:  # interleave_datasets would fail on it
-                raise DataError(f"dataset_mixture source {source.name!r}: rank {rank} of {world_size} gets none of its "
-                                f"documents ({reading}): use more data or fewer ranks")
+            check_rank_part(stream, rank, world_size, reading, f"dataset_mixture source {source.name!r}")
             readings.append(f"{source.name}: {reading}")
             fn_kwargs = {"index": index, "text_column": data_args.text_column}
             streams.append(stream.map(tag_source, batched=True, batch_size=256, fn_kwargs=fn_kwargs))
@@ -617,6 +624,7 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
             eval_data = eval_blocks(eval_stream, tokenizer, data_args, "validation data")
         read_error = partial(bad_record, train_files, data_args.text_column) if train_files else None
         stream, reading = rank_split(stream, rank, world_size)
+        check_rank_part(stream, rank, world_size, reading, "the training data")
     train = PackedDataset(tokenize_stream(stream, tokenizer, data_args.text_column, tagged=bool(sources)),
                           data_args.block_size, read_error=read_error, sources=len(sources or ()),
                           document_eos=document_eos)

@@ -311,17 +311,23 @@ def test_three_ranks_read_each_source_its_own_way(tmp_path, tokenizer, num_worke
     assert all(torch.equal(x, y) for x, y in zip(head + rest, full, strict=True))
 
 
-def test_a_source_with_nothing_for_a_rank_is_named(tmp_path, tokenizer):
-    """One document for two ranks: the rank it does not fall to would have an empty source to sample from."""
+def test_a_rank_with_no_documents_is_refused_in_one_line(tmp_path, tokenizer):
+    """One document for two ranks, in a mixture and alone: the rank it does not fall to would have an empty source
+    to sample from, or no data while the other rank waits for it."""
     a, b = write_sources(tmp_path, [f"alpha {i}" for i in range(10)], ["the only beta document"], shards=1)
-    args = data_args(dataset_mixture=mixture(a, b), block_size=16, validation_documents=0)
-    errors = []
-    for rank in range(2):
-        try:
-            build_datasets(args, tokenizer, rank, 2)
-        except DataError as err:
-            errors.append(str(err))
-    assert len(errors) == 1, errors  # the document falls to exactly one rank
-    assert errors[0].startswith(f"dataset_mixture source '{b}@content': rank ")
-    assert errors[0].endswith(" of 2 gets none of its documents (1 shard(s) for 2 ranks: every rank reads all, keeps "
-                              "the documents whose digest falls to it): use more data or fewer ranks")
+    single = write_jsonl(tmp_path / "single.jsonl", ["the only document"])
+    for args, what, reading in [
+        (data_args(dataset_mixture=mixture(a, b), block_size=16, validation_documents=0),
+         f"dataset_mixture source '{b}@content'", "every rank reads all, keeps the documents whose digest falls to it"),
+        (data_args(train_file=single, block_size=16, validation_documents=0), "the training data",
+         "every rank reads all, keeps one document in 2"),
+    ]:
+        errors = []
+        for rank in range(2):
+            try:
+                build_datasets(args, tokenizer, rank, 2)
+            except DataError as err:
+                errors.append(str(err))
+        assert len(errors) == 1, errors  # the document falls to exactly one rank
+        assert errors[0].startswith(f"{what}: rank ") and errors[0].endswith(
+            f" of 2 gets none of its documents (1 shard(s) for 2 ranks: {reading}): use more data or fewer ranks")
