@@ -101,9 +101,9 @@ def plot_line(ax, steps, values, **kwargs):
 def plot_panel(ax, panel: str, train_rows: list[dict]) -> list:
     """The fields of LOG_FIELDS drawn in `panel`, a twin field on a second y axis; returns the lines drawn."""
     lines, twin = [], None
-    for field in LOG_FIELDS:
+    for field in (field for field in LOG_FIELDS if field.panel == panel):
         steps, values = series(train_rows, field.key)
-        if field.panel != panel or not has_values(values):
+        if not has_values(values):
             continue
         target = ax
         if field.twin:
