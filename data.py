@@ -11,7 +11,7 @@ worker).
 
 A mixture (`--dataset_mixture SOURCE=WEIGHT ...`, see `parse_mixture`) is `datasets.interleave_datasets` over the
 streamed sources, each document tagged with its source's index, before tokenizing and packing: the same packer
-and resume, each source split between ranks on its own (`source_rank_split`). The packer counts the tokens each
+and resume, each source split between ranks on its own (`rank_split`). The packer counts the tokens each
 source contributed (`tokens_by_source`) in its state.
 """
 
@@ -513,38 +513,32 @@ def tag_source(batch: dict, index: int, text_column: str) -> dict:
     return {SOURCE_COLUMN: [index] * len(batch[text_column])}
 
 
-def rank_split(stream: IterableDataset, rank: int, world_size: int) -> tuple[IterableDataset, str]:
-    """This rank's part of the stream, and how it is read: whole shards whenever there are at least as many
-    shards as ranks (a rank may get one more than another: the end-of-pass handling absorbs the difference),
-    else every world_size-th document of the whole stream (each rank reads and parses all of it)."""
-    if world_size == 1:
-        return stream, "whole"
-    if stream.num_shards >= world_size:
-        return split_dataset_by_node(stream, rank, world_size, strategy="shards"), \
-            f"{stream.num_shards} shards split between {world_size} ranks"
-    return split_dataset_by_node(stream, rank, world_size, strategy="examples"), \
-        f"{stream.num_shards} shard(s) for {world_size} ranks: every rank reads all, keeps one document in {world_size}"
+def rank_split(stream: IterableDataset, rank: int, world_size: int,
+               digest_column: str | None = None) -> tuple[IterableDataset, str]:
+    """This rank's part of the stream, and how it is read.
 
+    Whole shards whenever there are at least as many shards as ranks (a rank may get one more than another: the
+    end-of-pass handling absorbs the difference). Else every rank reads and parses all of it and keeps every
+    world_size-th document, or, for a mixture's source (`digest_column`: its text column), the documents whose
+    digest falls to it: ranks whose other sources have different shard counts split this one differently between
+    their DataLoader workers, and a position would then name different documents on different ranks.
 
-def source_rank_split(stream: IterableDataset, rank: int, world_size: int,
-                      text_column: str) -> tuple[IterableDataset, str]:
-    """`rank_split` for one source of a mixture, before interleaving, so that each source is read its own way.
-
-    Hand-written because `interleave_datasets` takes only sources split alike by `split_dataset_by_node`: one
-    small source would make every rank read every source. A source with at least as many shards as ranks gives
-    each rank whole shards (`IterableDataset.shard`); a smaller one is read whole by every rank, which keeps the
-    documents whose digest falls to it. A digest rather than every world_size-th document: ranks whose other
-    sources have different shard counts split this one differently between their DataLoader workers, and a
-    position would then name different documents on different ranks."""
+    Each source of a mixture is split on its own before `interleave_datasets`, which takes only sources that
+    `split_dataset_by_node` split alike (one small source would make every rank read every source): hence
+    `IterableDataset.shard` for whole shards, the split that `split_dataset_by_node` makes of them.
+    """
     if world_size == 1:
         return stream, "whole"
     if stream.num_shards >= world_size:
         return stream.shard(num_shards=world_size, index=rank, contiguous=False), \
             f"{stream.num_shards} shards split between {world_size} ranks"
-    fn_kwargs = {"rank": rank, "world_size": world_size, "text_column": text_column}
+    reading = f"{stream.num_shards} shard(s) for {world_size} ranks: every rank reads all, keeps "
+    if digest_column is None:
+        return split_dataset_by_node(stream, rank, world_size, strategy="examples"), \
+            reading + f"one document in {world_size}"
+    fn_kwargs = {"rank": rank, "world_size": world_size, "text_column": digest_column}
     return stream.filter(falls_to_rank, batched=True, batch_size=256, fn_kwargs=fn_kwargs), \
-        f"{stream.num_shards} shard(s) for {world_size} ranks: every rank reads all, keeps the documents whose digest " \
-        "falls to it"
+        reading + "the documents whose digest falls to it"
 
 
 def falls_to_rank(batch: dict, rank: int, world_size: int, text_column: str) -> list[bool]:
@@ -583,7 +577,7 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
     which training never sees: of each source's stream in a mixture, and the eval data is then a dict of
     source name -> its blocks. The eval blocks are materialised once (they are few) so that every evaluation
     sees the same data without re-streaming it. With several processes each rank trains on its own part of
-    the stream (`rank_split`; in a mixture, of each source's stream, `source_rank_split`). A mixture samples its
+    the stream (`rank_split`; in a mixture, each source's stream on its own). A mixture samples its
     sources with `seed` (`interleave_datasets`).
     """
     mixture = getattr(data_args, "dataset_mixture", None)
@@ -605,7 +599,7 @@ def build_datasets(data_args, tokenizer, rank: int = 0, world_size: int = 1, see
                     raise DataError(f"dataset_mixture source {source.name!r}: no documents left to train on after "
                                     f"holding out the first {data_args.validation_documents} for evaluation (lower "
                                     "--validation_documents)")
-            stream, reading = source_rank_split(stream, rank, world_size, data_args.text_column)
+            stream, reading = rank_split(stream, rank, world_size, digest_column=data_args.text_column)
             check_rank_part(stream, rank, world_size, reading, f"dataset_mixture source {source.name!r}")
             readings.append(f"{source.name}: {reading}")
             fn_kwargs = {"index": index, "text_column": data_args.text_column}
