@@ -416,6 +416,13 @@ def main(argv=None):
         total, other = breakdown["llama"]["total"], breakdown["llama"]["other"]
         # ours runs the same matmuls, attention and optimizer: at best it drops all of Llama's "other" time
         print(f"speed bound, llama total / llama without 'other': {total / (total - other):.2f}x")
+        if matmul_times:
+            # The best MFU any rewrite of ours could reach on this machine: its matmuls at their own best rate,
+            # attention and AdamW as profiled, and no other work at all (no norms, activations, softmax, copies).
+            own_matmul_s = sum(flops * count for _, flops, count in own.values()) / own_peak
+            floor_s = own_matmul_s + breakdown["ours"]["attention"] + breakdown["ours"]["optimizer"]
+            print(f"MFU ceiling, ours' matmuls at their own rate + attention + AdamW, nothing else: "
+                  f"{step_flops / floor_s / peak:.1%} ({floor_s:.2f} s a step)")
 
     ours_row, llama_row = rows["ours"], rows["llama"]
     print()
