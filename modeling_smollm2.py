@@ -50,8 +50,8 @@ except ImportError:
         from smollm2_ops import speed_ops_apply
     except ImportError:  # this file copied alone: the plain model is complete without its ops
 
-        def speed_ops_apply(use_speed_ops: bool, tensor: torch.Tensor, needs_grad: bool = True) -> bool:
-            if use_speed_ops:
+        def speed_ops_apply(config, tensor: torch.Tensor, needs_grad: bool = True) -> bool:
+            if config is not None and config.use_speed_ops:
                 raise ImportError("use_speed_ops=True needs smollm2_ops.py next to modeling_smollm2.py")
             return False
 
@@ -65,7 +65,7 @@ class SmolLM2RMSNorm(nn.Module):
         self.config = config  # read for use_speed_ops only
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if speed_ops_apply(self.config is not None and self.config.use_speed_ops, hidden_states):
+        if speed_ops_apply(self.config, hidden_states):
             return smollm2_ops.rms_norm(hidden_states, self.weight, self.variance_epsilon)
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.to(torch.float32)
@@ -139,7 +139,7 @@ class SmolLM2MLP(nn.Module):
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if speed_ops_apply(self.config.use_speed_ops, x) and smollm2_ops.swiglu_applies(self):
+        if speed_ops_apply(self.config, x) and smollm2_ops.swiglu_applies(self):
             return smollm2_ops.swiglu_mlp(self, x)
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
@@ -214,7 +214,7 @@ class SmolLM2Attention(nn.Module):
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
         cos, sin = position_embeddings
-        if speed_ops_apply(self.config.use_speed_ops, query_states):
+        if speed_ops_apply(self.config, query_states):
             query_states, key_states = smollm2_ops.apply_rotary_pos_emb(query_states, key_states, cos, sin)
         else:
             query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
@@ -412,9 +412,7 @@ class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
 
         hidden_states = outputs.last_hidden_state
         hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
-        if labels is not None and speed_ops_apply(
-            self.config.use_speed_ops, hidden_states, needs_grad=False
-        ):
+        if labels is not None and speed_ops_apply(self.config, hidden_states, needs_grad=False):
             # never holds the (batch, seq, vocab) logits
             loss = smollm2_ops.causal_lm_loss(
                 hidden_states, self.lm_head.weight, labels, self.config.loss_chunk_size, **kwargs

@@ -22,11 +22,15 @@ from torch import nn
 IGNORE_INDEX = -100  # label value that takes no part in the loss (PyTorch's and transformers' convention)
 
 
-def speed_ops_apply(use_speed_ops: bool, tensor: torch.Tensor, needs_grad: bool = True) -> bool:
-    """Whether a module whose config says `use_speed_ops` runs its speed op on `tensor`, or the plain path."""
+def speed_ops_apply(config, tensor: torch.Tensor, needs_grad: bool = True) -> bool:
+    """Whether a module with this config (None: a module built without one) runs its speed op on `tensor`, or the
+    plain path."""
     return (
-        use_speed_ops
-        and (torch.is_grad_enabled() or not needs_grad)  # first: the cheapest test, and False in every decoding step
+        # first: the cheapest test, and False in every decoding step. The config's attribute reads go through
+        # PretrainedConfig.__getattribute__ (Python), so they come after it: 121 calls per decoded token.
+        (torch.is_grad_enabled() or not needs_grad)
+        and config is not None
+        and config.use_speed_ops
         and tensor.device.type == "cpu"  # measured on CPU only; elsewhere the plain path is the known quantity
         and not torch.compiler.is_compiling()  # the plain path is what compiles (and fuses) best
     )
