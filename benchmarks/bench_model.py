@@ -417,8 +417,8 @@ def main(argv=None):
         # ours runs the same matmuls, attention and optimizer: at best it drops all of Llama's "other" time
         print(f"speed bound, llama total / llama without 'other': {total / (total - other):.2f}x")
         if matmul_times:
-            # The best MFU any rewrite of ours could reach on this machine: its matmuls at their own best rate,
-            # attention and AdamW as profiled, and no other work at all (no norms, activations, softmax, copies).
+            # The best MFU that any rewrite of ours' elementwise work could reach on this machine: its matmuls at
+            # their own best rate, attention and AdamW as profiled, and no other work (norms, activations, softmax).
             own_matmul_s = sum(flops * count for _, flops, count in own.values()) / own_peak
             floor_s = own_matmul_s + breakdown["ours"]["attention"] + breakdown["ours"]["optimizer"]
             print(f"MFU ceiling, ours' matmuls at their own rate + attention + AdamW, nothing else: "
