@@ -357,9 +357,8 @@ def main(argv=None):
         if matmul_times:
             peak = matmul_flops / min(matmul_times)
             # the step's matmuls alone, each kind at its best: FLOPs over seconds, weighted as often as a step runs them
-            own_times = {name: min(times.pop(f"matmuls:{name}")) for name in own}
-            own_peak = (sum(flops * count for _, flops, count in own.values())
-                        / sum(own_times[name] * count for name, (_, _, count) in own.items()))
+            own_seconds = sum(min(times.pop(f"matmuls:{name}")) * count for name, (_, _, count) in own.items())
+            own_peak = sum(flops * count for _, flops, count in own.values()) / own_seconds
         for name, step_times in times.items():
             seconds = statistics.median(step_times)
             rows[name]["step_times"] = step_times
@@ -419,8 +418,7 @@ def main(argv=None):
         if matmul_times:
             # The best MFU that any rewrite of ours' elementwise work could reach on this machine: its matmuls at
             # their own best rate, attention and AdamW as profiled, and no other work (norms, activations, softmax).
-            own_matmul_s = sum(flops * count for _, flops, count in own.values()) / own_peak
-            floor_s = own_matmul_s + breakdown["ours"]["attention"] + breakdown["ours"]["optimizer"]
+            floor_s = own_seconds + breakdown["ours"]["attention"] + breakdown["ours"]["optimizer"]
             print(f"MFU ceiling, ours' matmuls at their own rate + attention + AdamW, nothing else: "
                   f"{step_flops / floor_s / peak:.1%} ({floor_s:.2f} s a step)")
 
