@@ -74,17 +74,22 @@ class SmolLM2Config(PretrainedConfig):
             Llama's bias switch for the feed-forward layer. Only `False` is accepted, for the same reason.
         attention_dropout (`float`, *optional*, defaults to 0.0):
             Dropout on the attention weights in training, as Llama's (SmolLM2 was trained without).
-        use_speed_ops (`bool`, *optional*, defaults to `False`):
+
+    Runtime settings (keyword arguments, or attributes set on a loaded config, as `attn_implementation` is): never
+    written to `config.json`, so a saved folder holds only the architecture. A `config.json` written by an earlier
+    version of the training app, which saved them, loads as before.
+
+        use_speed_ops (`bool`, defaults to `False`):
             Run the hand-written ops of `smollm2_ops.py` (RMSNorm, RoPE and SwiGLU backward passes that keep fewer
             activations, and the chunked loss below) instead of the plain PyTorch path, where they were measured to
             pay: training on CPU, not under torch.compile. The training app turns it on; off, the model is exactly
             transformers' Llama computation. With labels, `logits` is then `None` (the chunked loss never holds them).
-        loss_chunk_size (`int`, *optional*, defaults to 1024):
-            Tokens per chunk of the loss when labels are given and `use_speed_ops` applies. Logits are computed and turned into gradients in
-            one `loss_chunk_size x vocab_size` buffer reused by every chunk (201 MB in fp32 at 1024 x 49152, plus
-            a bf16 twin under autocast) instead of several `batch x seq x vocab_size` ones (3.2 GB each at
-            8 x 2048 x 49152).
-            Smaller saves memory; larger issues fewer, bigger matmuls (1024 rows already fill a GPU).
+        loss_chunk_size (`int`, defaults to 1024):
+            Tokens per chunk of the loss when labels are given and `use_speed_ops` applies. Logits are computed and
+            turned into gradients in one `loss_chunk_size x vocab_size` buffer reused by every chunk (201 MB in fp32
+            at 1024 x 49152, plus a bf16 twin under autocast) instead of several `batch x seq x vocab_size` ones
+            (3.2 GB each at 8 x 2048 x 49152). Smaller saves memory; larger issues fewer, bigger matmuls (1024 rows
+            already fill a GPU).
 
     Other Llama keys are accepted at the values that mean "plain SmolLM2": `rope_interleaved=False` (nanotron), and
     `pretraining_tp` (a tensor-parallel layout hint that changes no maths). `base_model_tp_plan` and
@@ -131,14 +136,20 @@ class SmolLM2Config(PretrainedConfig):
     attention_bias: bool = False
     mlp_bias: bool = False
     attention_dropout: float = 0.0
-    use_speed_ops: bool = False
-    loss_chunk_size: int = 1024
+
+    # runtime settings (see the docstring): class defaults, set per instance, never serialized
+    use_speed_ops = False
+    loss_chunk_size = 1024
+    RUNTIME_SETTINGS = ("use_speed_ops", "loss_chunk_size")
 
     def __post_init__(self, **kwargs):
         rope_interleaved = kwargs.pop("rope_interleaved", False)
         if rope_interleaved:
             raise ValueError(f"rope_interleaved={rope_interleaved} is not supported: SmolLM2 rotates halves")
         kwargs.pop("pretraining_tp", None)
+        for name in self.RUNTIME_SETTINGS:
+            if name in kwargs:
+                setattr(self, name, kwargs.pop(name))
 
         for name in (
             "vocab_size",
@@ -148,7 +159,6 @@ class SmolLM2Config(PretrainedConfig):
             "num_attention_heads",
             "num_key_value_heads",
             "max_position_embeddings",
-            "loss_chunk_size",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -191,8 +201,17 @@ class SmolLM2Config(PretrainedConfig):
         if not isinstance(rope_theta, (int, float)) or isinstance(rope_theta, bool) or rope_theta <= 0:
             raise ValueError(f"rope_theta must be a positive number, got rope_theta={rope_theta!r}")
         self.validate_rope()
+        if not isinstance(self.loss_chunk_size, int) or isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size <= 0:
+            raise ValueError(f"loss_chunk_size must be a positive integer, got loss_chunk_size={self.loss_chunk_size!r}")
         # save_pretrained adds only the saved class to auto_map; the folder serves the base model too
         self.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+
+    def to_dict(self) -> dict:
+        """The architecture, as `config.json` holds it: without the runtime settings."""
+        output = super().to_dict()
+        for name in self.RUNTIME_SETTINGS:
+            output.pop(name, None)
+        return output
 
     @classmethod
     def tiny(cls, **overrides) -> "SmolLM2Config":
@@ -211,5 +230,9 @@ class SmolLM2Config(PretrainedConfig):
         )
         return cls(**{**shape, **overrides})
 
+
+# Saving any SmolLM2Config (alone, or with a model) copies this file and names it in `auto_map`, so that every folder
+# save_pretrained writes loads anywhere with trust_remote_code=True.
+SmolLM2Config.register_for_auto_class()
 
 __all__ = ["SmolLM2Config"]

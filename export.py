@@ -5,122 +5,18 @@ code, llama.cpp's own converter) or a GGUF file (llama.cpp, Ollama).
     python export.py runs/demo/checkpoint-200 demo.gguf --format gguf --dtype q8_0   # then: llama-cli -m demo.gguf
 
 The input is a run's output_dir (the final model) or one of its checkpoint-N folders: both hold the weights, the
-config and the tokenizer. SmolLM2's parameters are Llama's under the same names, so the Llama folder is a strict
-state-dict copy into transformers' own `LlamaForCausalLM`, and gives the same logits. The training app calls
-`export_run` at the end of a run given `--export_formats`; the GGUF writer is `gguf_export.py`.
+config and the tokenizer. The formats are written by `pretraining/serving.py` (the Llama folder, a strict state-dict
+copy into transformers' own `LlamaForCausalLM`) and `pretraining/gguf_writer.py`.
 """
 
-import argparse
 import os
-import shutil
 import sys
 
-import torch
 from transformers.utils import logging as hf_logging
 
-from gguf_export import GGUF_DTYPES, write_gguf
-
-LLAMA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FORMATS = ("llama", "gguf")
-DEFAULT_DTYPE = {"llama": "float32", "gguf": "f16"}  # lossless for the folder; llama.cpp's usual unquantized type
-# what the app writes beside the final model with --export_formats (OUTPUT_DIR/<name>)
-RUN_EXPORT_NAMES = {"llama": "export-llama", "gguf": "model-f16.gguf"}
-# SmolLM2Config fields with no Llama meaning: training switches of this app
-SMOLLM2_ONLY = ("use_speed_ops", "loss_chunk_size", "auto_map")
-
-
-class ExportError(ValueError):
-    pass
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse prints the whole usage before an error; one line naming the problem is enough."""
-
-    def error(self, message):
-        raise ExportError(message)
-
-
-def load_trained(folder: str):
-    """(model, tokenizer) of a run's output_dir or checkpoint folder, the model in fp32 with the plain path."""
-    from transformers import AutoTokenizer
-
-    from modeling_smollm2 import SmolLM2ForCausalLM
-
-    if not os.path.isdir(folder):
-        raise ExportError(f"no such folder: {folder}")
-    if not os.path.isfile(os.path.join(folder, "config.json")) or not any(
-            name.endswith(".safetensors") for name in os.listdir(folder)):
-        raise ExportError(f"{folder} holds no saved model (config.json and .safetensors weights): pass a run's "
-                          "output_dir or one of its checkpoint-N folders")
-    try:
-        model = SmolLM2ForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        # AutoTokenizer reads config.json too, and its auto_map makes it ask on stdin without trust_remote_code
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise ExportError(f"cannot load the model in {folder}: {str(err).splitlines()[0]}") from None
-    model.config.use_speed_ops = False  # checkpoints carry the training switch; export reads plain weights
-    return model.eval(), tokenizer
-
-
-def llama_model(model, dtype: torch.dtype):
-    """The same network as transformers' own LlamaForCausalLM: config fields and weights copied one to one."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    fields = {key: value for key, value in model.config.to_dict().items()
-              if key not in SMOLLM2_ONLY + ("model_type", "architectures", "transformers_version")}
-    config = LlamaConfig(**fields)
-    config.architectures = ["LlamaForCausalLM"]
-    llama = LlamaForCausalLM(config)
-    llama.load_state_dict(model.state_dict(), strict=True)  # same names: any missing or extra key is a bug
-    llama.generation_config = model.generation_config
-    return llama.to(dtype).eval()
-
-
-def write_llama(model, tokenizer, out_dir: str, dtype: str) -> None:
-    llama = llama_model(model, LLAMA_DTYPES[dtype])
-    llama.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-
-
-def remove_path(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-def export_model(model, tokenizer, tokenizer_dir: str, out: str, fmt: str, dtype: str | None = None,
-                 name: str | None = None) -> str:
-    """Write `model` as format `fmt` to `out` (a folder for llama, a file for gguf) and return `out`.
-
-    Written under a temporary name beside `out` and renamed at the end, so `out` is either the complete export
-    or untouched. `tokenizer_dir` holds the tokenizer's files (GGUF reads merges and special tokens from them).
-    """
-    dtype = dtype or DEFAULT_DTYPE[fmt]
-    parent, base = os.path.split(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{base}.tmp-{os.getpid()}")
-    try:
-        if fmt == "llama":
-            write_llama(model, tokenizer, tmp, dtype)
-        else:
-            write_gguf(model, tokenizer, tokenizer_dir, tmp, dtype,
-                       name or os.path.basename(os.path.abspath(tokenizer_dir)))
-        remove_path(out)  # an earlier export goes only now: a failed export leaves it intact
-        os.replace(tmp, out)
-    finally:
-        remove_path(tmp)
-    return out
-
-
-def export_run(output_dir: str, formats: list[str]) -> list[str]:
-    """The app's --export_formats: each format from the final model in `output_dir`, written beside it under
-    RUN_EXPORT_NAMES (replacing an export of an earlier run). Returns the paths written."""
-    if not formats:
-        return []
-    model, tokenizer = load_trained(output_dir)
-    return [export_model(model, tokenizer, output_dir, os.path.join(output_dir, RUN_EXPORT_NAMES[fmt]), fmt)
-            for fmt in formats]
+from pretraining.errors import OneLineParser, report
+from pretraining.gguf_writer import GGUF_DTYPES
+from pretraining.serving import FORMATS, LLAMA_DTYPES, ExportError, export_model, load_trained
 
 
 def check_request(source: str, out: str, fmt: str, dtype: str | None, overwrite: bool) -> None:
@@ -162,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_trained(args.source)
         export_model(model, tokenizer, args.source, args.out, args.format, args.dtype)
     except (ValueError, OSError) as err:
-        if "--traceback" in (sys.argv[1:] if argv is None else argv):
-            raise
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return report(err, show_traceback="--traceback" in (sys.argv[1:] if argv is None else argv))
     print(f"{args.format} export written to {args.out}")
     return 0
 

@@ -17,7 +17,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-from devices import default_device
+from pretraining.devices import default_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

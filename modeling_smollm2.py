@@ -5,7 +5,7 @@ in strictly. Attention goes through transformers' attention-function registry (e
 flex_attention, ...), masks through its masking utilities, RoPE scaling through its RoPE functions, and per-layer
 hidden states and attentions are recorded the way its models record them.
 
-With `config.use_speed_ops=True` (what the training app sets) RMSNorm, RoPE, the SwiGLU MLP and the loss run the
+With `config.use_speed_ops=True` (a runtime setting, never saved; the training app sets it) RMSNorm, RoPE, the SwiGLU MLP and the loss run the
 hand-written ops of `smollm2_ops.py` when training on CPU; everything else, and every other case, is this file.
 
 Loading (official SmolLM2 checkpoints are Llama-format: config.json with model_type "llama"):
@@ -43,17 +43,10 @@ except ImportError:  # imported as a top-level module rather than from a Hub pac
     from configuration_smollm2 import SmolLM2Config
 try:
     from . import smollm2_ops
-    from .smollm2_ops import speed_ops_apply  # named so that save_pretrained copies the file (remote code)
-except ImportError:
-    try:
-        import smollm2_ops
-        from smollm2_ops import speed_ops_apply
-    except ImportError:  # this file copied alone: the plain model is complete without its ops
-
-        def speed_ops_apply(config, tensor: torch.Tensor, needs_grad: bool = True) -> bool:
-            if config is not None and config.use_speed_ops:
-                raise ImportError("use_speed_ops=True needs smollm2_ops.py next to modeling_smollm2.py")
-            return False
+    from .smollm2_ops import speed_ops_apply  # a relative import: save_pretrained copies the file (remote code)
+except ImportError:  # imported as a top-level module rather than from a Hub package
+    import smollm2_ops
+    from smollm2_ops import speed_ops_apply
 
 
 @use_kernel_forward_from_hub("RMSNorm")
@@ -299,6 +292,19 @@ class SmolLM2PreTrainedModel(PreTrainedModel):
         "attentions": SmolLM2Attention,
     }
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loading, plus: a model read from a GGUF file whose weights transformers dequantized into plain
+        tensors (its GGUF loader for Llama) is an ordinary model, as if read from safetensors. transformers leaves it
+        marked quantized, with `quantization_config` in its config, which save_pretrained and the Trainer refuse."""
+        model = super().from_pretrained(*args, **kwargs)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if kwargs.get("gguf_file") and quantizer is not None and all(
+            type(module) is nn.Linear for module in model.modules() if isinstance(module, nn.Linear)
+        ) and all(parameter.is_floating_point() for parameter in model.parameters()):
+            quantizer.remove_quantization_config(model)
+        return model
+
 
 class SmolLM2Model(SmolLM2PreTrainedModel):
     def __init__(self, config: SmolLM2Config):
@@ -433,26 +439,19 @@ class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
         )
 
 
-def register_auto_classes():
-    """What the app calls before saving: save_pretrained then writes `auto_map` and copies this file, the config's
-    and smollm2_ops.py next to the weights, so that the folder loads anywhere with trust_remote_code=True.
-
-    Not done at import: a process that imported these two files alone (transformers' model tests, which copy only
-    them) would have every save_pretrained look for smollm2_ops.py to copy, and fail."""
-    SmolLM2Config.register_for_auto_class()
-    SmolLM2Model.register_for_auto_class("AutoModel")
-    SmolLM2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-
-
-# The one import-time side effect, kept on purpose: the Auto classes map model_type "smollm2" in every process that
-# imports this file, as they do for an in-library model. Without it, `AutoModelForCausalLM.from_config(config)` (how
-# transformers' own tests, TRL and PEFT helpers build a model from a config) fails for SmolLM2 in a process that has
-# the classes (tests/test_modeling.py shows it). exist_ok: a Hub copy of this file, loaded as remote code, registers
-# the same names.
+# Import-time registration, the one side effect a Hub model needs, in every process that imports this file (as for
+# an in-library model):
+# - the Auto classes map model_type "smollm2", so `AutoModelForCausalLM.from_config(config)` (how transformers' own
+#   tests, TRL and PEFT helpers build a model) works; exist_ok: a Hub copy of this file, loaded as remote code,
+#   registers the same names;
+# - save_pretrained of any of these classes copies this file, the config's and smollm2_ops.py next to the weights and
+#   names them in auto_map, so that every saved folder loads anywhere with trust_remote_code=True.
 AutoConfig.register("smollm2", SmolLM2Config, exist_ok=True)
 AutoModel.register(SmolLM2Config, SmolLM2Model, exist_ok=True)
 AutoModelForCausalLM.register(SmolLM2Config, SmolLM2ForCausalLM, exist_ok=True)
+SmolLM2Model.register_for_auto_class("AutoModel")
+SmolLM2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 
-__all__ = ["SmolLM2PreTrainedModel", "SmolLM2Model", "SmolLM2ForCausalLM", "register_auto_classes"]
+__all__ = ["SmolLM2PreTrainedModel", "SmolLM2Model", "SmolLM2ForCausalLM"]
 

@@ -3,176 +3,26 @@
     python plot_training_log.py runs/demo                   # writes runs/demo/training_curves.png
     python plot_training_log.py runs/demo --out curves.png
 
-One panel against the optimizer step per `panel` of `log_fields.LOG_FIELDS` (loss, learning rate, tokens/s with MFU
-on a second axis when it was logged), the eval losses as markers on the loss panel (and each source's for a
-mixture), and a last panel with the benchmark scores (`<task>/<metric>` in the eval rows, from `--eval_tasks`)
-against tokens seen when there are any. Null (non-finite) values show as gaps. The training app calls
-`plot_training_log` at evaluations, checkpoints and the end of training; `read_training_log` also serves
-`model_card.py`.
+The panels are described in `pretraining/curves.py`; the training app draws the same figure at every evaluation,
+checkpoint and at the end of training.
 """
 
-import argparse
-import json
-import math
-import os
 import sys
 
-from log_fields import LOG_FIELDS
-
-TRAINING_LOG = "training_log.jsonl"  # the file name written by callbacks.JsonlLogCallback
-CURVES_PNG = "training_curves.png"
-MARKERS_UP_TO = 20  # with this few points a bare line is hard to see (a single point not at all)
-
-
-def jsonl_rows(path: str):
-    """The rows of a JSON Lines log; a torn line, as a kill mid-write leaves, is skipped."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
-
-
-def read_training_log(output_dir: str) -> tuple[list[dict], list[dict]]:
-    """(training rows, eval rows) of `output_dir/training_log.jsonl`, each sorted by step with one row per
-    step (the last one logged wins). A torn line, as a kill mid-write leaves, is skipped."""
-    path = os.path.join(output_dir, TRAINING_LOG)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {TRAINING_LOG} in {output_dir}")
-    by_type = {"train": {}, "eval": {}}
-    for row in jsonl_rows(path):
-        if row.get("type") in by_type and isinstance(row.get("step"), int):
-            by_type[row["type"]][row["step"]] = row
-    return tuple([rows[step] for step in sorted(rows)] for rows in by_type.values())
-
-
-def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """Steps and values of `key`; null becomes NaN, which matplotlib draws as a gap."""
-    steps = [row["step"] for row in rows if key in row]
-    values = [math.nan if row[key] is None else row[key] for row in rows if key in row]
-    return steps, values
-
-
-# a mixture's per-source eval fields (`eval_loss/<source>`, `perplexity/<source>`): not benchmark scores
-PER_SOURCE_PREFIXES = ("eval_loss/", "perplexity/")
-
-
-def score_keys(eval_rows: list[dict]) -> list[str]:
-    """The benchmark scores in the eval rows (`<task>/<metric>`, written with --eval_tasks), in first-seen order."""
-    return list(dict.fromkeys(key for row in eval_rows for key in row
-                              if "/" in key and not key.startswith(PER_SOURCE_PREFIXES)))
-
-
-def source_loss_keys(eval_rows: list[dict]) -> list[str]:
-    """A mixture's per-source eval losses (`eval_loss/<source>`), in first-seen order."""
-    return list(dict.fromkeys(key for row in eval_rows for key in row if key.startswith(PER_SOURCE_PREFIXES[0])))
-
-
-def tokens_per_step(train_rows: list[dict]) -> int | None:
-    """Tokens per optimizer step from the newest training row that counted them (eval rows do not)."""
-    for row in reversed(train_rows):
-        if row.get("tokens_seen") and row["step"]:
-            return row["tokens_seen"] // row["step"]
-    return None
-
-
-def plot_scores(ax, train_rows: list[dict], eval_rows: list[dict], keys: list[str]) -> None:
-    """Benchmark scores against tokens seen, as in pretraining reports (against the step if tokens are unknown)."""
-    per_step = tokens_per_step(train_rows)
-    for key in keys:
-        steps, values = series(eval_rows, key)
-        plot_line(ax, [step * (per_step or 1) for step in steps], values, label=key)
-    ax.set_xlabel("tokens seen" if per_step else "step")
-    ax.set_ylabel("score")
-    ax.legend(loc="best", fontsize="small")
-    ax.grid(alpha=0.3)
-
-
-def has_values(values: list[float]) -> bool:
-    return any(not math.isnan(value) for value in values)
-
-
-def plot_line(ax, steps, values, **kwargs):
-    marker = "o" if len(steps) <= MARKERS_UP_TO else None
-    return ax.plot(steps, values, marker=marker, markersize=3, **kwargs)
-
-
-def plot_panel(ax, panel: str, train_rows: list[dict]) -> list:
-    """The fields of LOG_FIELDS drawn in `panel`, a twin field on a second y axis; returns the lines drawn."""
-    lines, twin = [], None
-    for field in (field for field in LOG_FIELDS if field.panel == panel):
-        steps, values = series(train_rows, field.key)
-        if not has_values(values):
-            continue
-        target = ax
-        if field.twin:
-            target = twin = twin or ax.twinx()
-            twin.set_ylabel(field.key)
-        lines += plot_line(target, steps, values, label=field.key, color=f"C{len(lines)}",
-                           linestyle="--" if field.twin else "-")
-    ax.set_ylabel(panel)
-    ax.grid(alpha=0.3)
-    return lines
-
-
-def curves_figure(output_dir: str):
-    """The curves of `output_dir/training_log.jsonl` as a matplotlib Figure."""
-    # imported here: the training app imports this module, and matplotlib costs a second to import
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    train_rows, eval_rows = read_training_log(output_dir)
-    panels = list(dict.fromkeys(field.panel for field in LOG_FIELDS if field.panel))
-    scores = score_keys(eval_rows)
-    # a bare Figure renders with Agg and leaves pyplot's global state and backend alone: no screen needed
-    fig = Figure(figsize=(8, 3 * (len(panels) + bool(scores))), layout="constrained")
-    axes = fig.subplots(len(panels) + bool(scores), 1, squeeze=False)[:, 0]
-    fig.suptitle(os.path.basename(os.path.abspath(output_dir)))
-    step_axes = axes[:len(panels)]
-    for ax, panel in zip(step_axes, panels):
-        lines = plot_panel(ax, panel, train_rows)
-        if panel == "loss":
-            eval_steps, eval_losses = series(eval_rows, "eval_loss")
-            if eval_steps:
-                lines += ax.plot(eval_steps, eval_losses, "o", color="tab:orange", label="eval_loss")
-            for key in source_loss_keys(eval_rows):
-                lines += ax.plot(*series(eval_rows, key), "x--", linewidth=0.8, label=key)
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 4))
-        if lines:
-            ax.legend(lines, [line.get_label() for line in lines], loc="best", fontsize="small")
-    for ax in step_axes[:-1]:  # the step axis, shown once; the scores panel has its own (tokens)
-        ax.sharex(step_axes[-1])
-        ax.tick_params(labelbottom=False)
-    step_axes[-1].set_xlabel("step")
-    step_axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all panels: no step 2.5
-    if scores:
-        plot_scores(axes[-1], train_rows, eval_rows, scores)
-    return fig
-
-
-def plot_training_log(output_dir: str, path: str | None = None) -> str:
-    """Write the curves of `output_dir/training_log.jsonl` to `path` (default
-    `output_dir/training_curves.png`) and return that path."""
-    fig = curves_figure(output_dir)
-    path = path or os.path.join(output_dir, CURVES_PNG)
-    # written next to the target and swapped in: a viewer never sees a half-written PNG
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
-    return path
+from pretraining.curves import plot_training_log
+from pretraining.errors import OneLineParser, report
+from pretraining.run_files import CURVES_PNG
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Plot a run's training_log.jsonl as a PNG.")
+    parser = OneLineParser(description="Plot a run's training_log.jsonl as a PNG.")
     parser.add_argument("output_dir", help="The run's output_dir (holds training_log.jsonl).")
     parser.add_argument("--out", help=f"PNG to write. Default: OUTPUT_DIR/{CURVES_PNG}.")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         print(plot_training_log(args.output_dir, args.out))
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as err:
+        return report(err, show_traceback=False)
     return 0
 
 

@@ -5,7 +5,7 @@
 
 The peer is the fast tokenizer alone, batched, on the same documents in memory: the pipeline should deliver
 at least 90% of its tokens/s. Two peers are timed: `tokenizer(texts)`, the call users write, and the Rust
-`encode_batch_fast` call the pipeline itself makes (data.IdsEncoder); "vs it" against the second is the
+`encode_batch_fast` call the pipeline itself makes (pretraining/data/tokenize.py: IdsEncoder); "vs it" against the second is the
 pipeline's own overhead (reading, EOS, packing, DataLoader). Every round times the peer right before each worker count, and the ratio reported is
 the median of those per-round ratios, so that a shared machine's changing load hits both alike. The corpus is
 written as two JSON Lines files so that two DataLoader workers each get a shard.
@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from data import IdsEncoder, PackedDataset, load_text_stream, tokenize_stream  # noqa: E402
+from pretraining.data import PackedDataset  # noqa: E402
+from pretraining.data.sources import load_text_stream  # noqa: E402
+from pretraining.data.tokenize import IdsEncoder, tokenize_stream  # noqa: E402
 from demo_corpus import documents  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +53,8 @@ def raw_tokenizer_rate(encode, texts: list[str], batch_size: int = 256) -> float
 def pipeline_rate(tokenizer, files: list[str], block_size: int, batch_size: int, workers: int) -> tuple[float, float]:
     """Steady-state tokens/s after the first batch, and the seconds until the first batch: worker start-up is paid
     once per run (the app keeps its workers), so it is reported apart from the rate."""
-    args = argparse.Namespace(text_column="text", streaming=True)
     # one pass: the training stream is endless (passes=None) and this reads to its end
-    dataset = PackedDataset(tokenize_stream(load_text_stream(args, files), tokenizer, "text"), block_size, passes=1)
+    dataset = PackedDataset(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"), block_size, passes=1)
     loader = StatefulDataLoader(dataset, batch_size=batch_size, num_workers=workers)
     start = time.perf_counter()
     batches = iter(loader)

@@ -16,8 +16,8 @@ warm-up steps, so that drift in a shared machine's load hits both alike, and the
 Reported per model: median step time (forward + backward + AdamW step), tokens/s, MFU, the step's extra memory,
 greedy generation tokens/s, and ours against Llama: speed as the median of per-round ratios (above 1: ours is
 faster), memory as ours / Llama (below 1: ours needs less).
-MFU = tokens/s x FLOPs/token (PaLM count, throughput.flops_per_token) / peak FLOP/s: a named GPU's dense bf16 peak
-(throughput.device_peak_flops), or on CPU the best rate of a 2048 x 2048 matmul timed in the same interleaved rounds
+MFU = tokens/s x FLOPs/token (PaLM count, pretraining/throughput.py) / peak FLOP/s: a named GPU's dense bf16 peak
+(pretraining/devices.py), or on CPU the best rate of a 2048 x 2048 matmul timed in the same interleaved rounds
 as the steps, against each model's best step: a peak is what the machine does when nothing else runs, and a shared
 machine's load only ever slows a run down, so best against best estimates the quiet machine on both sides (a median
 against a median let a slow probe push MFU above 100%); --peak_tflops overrides.
@@ -44,19 +44,23 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, also in children
 
 from configuration_smollm2 import SmolLM2Config  # noqa: E402
-from devices import default_device  # noqa: E402
 import modeling_smollm2  # noqa: E402
 import smollm2_ops  # noqa: E402
 from modeling_smollm2 import SmolLM2ForCausalLM  # noqa: E402
-from throughput import device_peak_flops, flops_per_token, matmul_probe  # noqa: E402
+from pretraining.devices import default_device, device_peak_flops  # noqa: E402
+from pretraining.throughput import flops_per_token  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # SmolLM2Config fields that LlamaConfig does not have (or must not inherit, like model_type)
-NOT_LLAMA_FIELDS = (
-    "model_type", "architectures", "auto_map", "loss_chunk_size", "use_speed_ops", "transformers_version", "dtype"
-)
+NOT_LLAMA_FIELDS = ("model_type", "architectures", "auto_map", "transformers_version", "dtype")
 SPEED_OPS = ("rmsnorm", "rope", "swiglu", "loss")
+
+
+def matmul_probe(size: int = 2048, dtype=torch.float32):
+    """A square matmul to time, and its FLOPs: the practical peak that CPU MFU is measured against."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    return (lambda: torch.matmul(a, b)), 2 * size**3
 # Profiler op-name prefixes per kind of work; every other op counts as "other".
 OP_KINDS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
@@ -315,7 +319,7 @@ def main(argv=None):
     llama = build_model("llama", config, device, dtype, state_dict=ours.state_dict())
     models = {"ours": ours, "llama": llama}
     tokens = args.batch_size * args.block_size
-    step_flops = flops_per_token(config, args.block_size) * tokens
+    step_flops = flops_per_token(config, args.block_size, ours.num_parameters()) * tokens
     # On CPU the peak is measured in the timing rounds below, unless given
     interleaved_peak = device.type == "cpu" and not args.peak_tflops
     peak = None if interleaved_peak else device_peak_flops(device, dtype, args.peak_tflops)

@@ -23,13 +23,14 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from bench_data import ROOT, write_corpus  # noqa: E402
 from tempfile import TemporaryDirectory  # noqa: E402
-from data import PackedDataset, load_text_stream, tokenize_stream  # noqa: E402
+from pretraining.data import PackedDataset  # noqa: E402
+from pretraining.data.sources import load_text_stream  # noqa: E402
+from pretraining.data.tokenize import tokenize_stream  # noqa: E402
 
 
 def loader(tokenizer, files, block_size, batch_size):
-    args = argparse.Namespace(text_column="text", streaming=True)
-    dataset = PackedDataset(tokenize_stream(load_text_stream(args, files), tokenizer, "text"), block_size)
-    # the same wrapping as the app's train loader (trainer.py)
+    dataset = PackedDataset(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"), block_size)
+    # the same wrapping as the app's train loader (pretraining/trainer.py)
     return prepare_data_loader(torch.utils.data.DataLoader(dataset, batch_size=batch_size), torch.device("cpu"),
                                num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False,
                                use_stateful_dataloader=True)

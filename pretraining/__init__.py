@@ -1,0 +1,19 @@
+"""The pretraining app's internals: what the commands at the project's root import.
+
+    arguments.py   the flags (ModelArguments, PretrainingArguments; data/arguments.py: DataArguments) and parsing
+    errors.py      the error types and the one-line report
+    devices.py     the default device, its defaults, GPU peaks for MFU
+    hub.py         loading by Hub id or folder, and Hub failures in one line
+    model.py       tokenizer, config and model of a run
+    data/          the streamed, tokenized, packed data (see data/__init__.py)
+    trainer.py     the Trainer with exact resume, crash-safe checkpoints, every logged value
+    checkpoints.py checkpoint integrity and the checkpoint to resume from
+    throughput.py  step time, tokens/s, MFU; FLOPs per token
+    callbacks.py   printed progress, training_log.jsonl, generation samples, curves, SIGTERM
+    log_fields.py  the fields of the log rows: printed, plotted, named
+    run_files.py   the name of every file a run writes; jsonl.py reads and writes its logs
+    eval_tasks.py  lm-evaluation-harness scores during training
+    curves.py      training_curves.png
+    model_card.py  the model card and the end-of-run report
+    serving.py     Llama-format and GGUF exports (gguf_writer.py)
+"""

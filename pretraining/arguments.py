@@ -1,0 +1,210 @@
+"""The app's flags: `ModelArguments`, `PretrainingArguments` (the recipe's `TrainingArguments`) and the data's
+`DataArguments`, parsed from a config file and the command line.
+
+    model_args, data_args, training_args = parse_args(["configs/demo.yaml", "--max_steps", "50"], probe_device())
+
+The dataclasses check their values only; what depends on the machine (the device's defaults: bf16, workers) is
+decided from a `DeviceReport` in `parse_args`, and what reads files or packages (lm-eval's tasks, folders) is
+checked in run_pretrain's preflight.
+"""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+import yaml
+from transformers import TrainingArguments
+
+from pretraining.data import DataArguments
+from pretraining.devices import DeviceReport
+from pretraining.errors import ArgumentError, OneLineParser
+from pretraining.run_files import RUN_EXPORTS
+
+DEFAULT_PROMPTS = ["Once upon a time,", "The capital of France is", "Photosynthesis is the process"]
+
+
+@dataclass
+class ModelArguments:
+    _argument_group_name = "model (what to train)"
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Start from these weights (continued pretraining): a SmolLM2 or Llama-format folder or Hub id. "
+                "Default: train from scratch."})
+    gguf_file: str | None = field(default=None, metadata={
+        "help": "With --model_name_or_path FOLDER: the .gguf file in it to start from (dequantized)."})
+    config_name: str | None = field(default=None, metadata={
+        "help": "Model config (folder, Hub id or config.json) when training from scratch. Default: SmolLM2-135M."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "Override config fields when training from scratch, e.g. "
+                "'num_hidden_layers=2,hidden_size=64,intermediate_size=128'."})
+    tokenizer_name: str = field(default="HuggingFaceTB/SmolLM2-135M", metadata={
+        "help": "Tokenizer: Hub id or local folder. From scratch, the model's vocabulary follows it."})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "Attention backend: 'sdpa' (fast kernels), 'eager' (exact reference) or 'flash_attention_2' (CUDA "
+                "with the flash-attn package; with --document_masking its variable-length path).",
+        "choices": ["sdpa", "eager", "flash_attention_2"]})
+
+
+@dataclass
+class PretrainingArguments(TrainingArguments):
+    """TrainingArguments with the SmolLM2 reference recipe as defaults, plus generation samples.
+
+    Warmup: linear over the first 10% of max_steps (500 of the 5000-step recipe), then linear decay to
+    0 at max_steps. The official run warmed up 2000 of 2M steps at this peak lr; a short run needs a
+    relatively longer warmup to stay stable at lr 3e-3, and a fraction keeps short test runs' shape.
+    """
+
+    _argument_group_name = "training (the recipe, outputs and every TrainingArguments option)"
+
+    output_dir: str = field(default="smollm2-135m", metadata={"help": "Where checkpoints, logs and the model go."})
+    max_steps: int = field(default=5000, metadata={"help": "Optimizer steps (a stream has no epochs)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Sequences per device per micro-step."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per device in evaluation."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Linear warmup then linear decay to 0."})
+    warmup_steps: float = field(default=0.1, metadata={
+        "help": "Linear warmup: steps, or a fraction of max_steps when below 1 (default 0.1: 500 of 5000)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (norms and biases excluded)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    logging_steps: float = field(default=10, metadata={"help": "Log (print and training_log.jsonl) every N steps."})
+    save_steps: float = field(default=1000, metadata={"help": "Save a checkpoint every N steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "Evaluate every eval_steps."})
+    eval_steps: float = field(default=500, metadata={"help": "Evaluate every N steps."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 autocast (fp32 master weights and gradients). Default: on where the device supports it."})
+    dataloader_num_workers: int | None = field(default=None, metadata={
+        "help": "DataLoader worker processes. Default: 2 on CUDA, 0 elsewhere."})
+    ignore_data_skip: bool = field(default=True, metadata={
+        "help": "Must stay True: the data position is restored from the checkpoint, nothing is re-read."})
+    logging_nan_inf_filter: bool = field(default=False, metadata={
+        "help": "Off: a non-finite loss is logged as null. On, the Trainer would log the average of earlier steps "
+                "instead and hide the divergence."})
+    generation_steps: int = field(default=500, metadata={"help": "Print and save generation samples every N steps (0: never)."})
+    generation_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={
+        "help": "Fixed prompts for the generation samples."})
+    generation_max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
+    eval_tasks: str | None = field(default=None, metadata={
+        "help": "lm-evaluation-harness tasks scored at every evaluation, e.g. 'hellaswag,arc_easy' (needs the lm-eval "
+                "package): '<task>/<metric>' in the evaluation rows of training_log.jsonl, TensorBoard, the curves "
+                "and the model card."})
+    eval_tasks_limit: int | None = field(default=None, metadata={
+        "help": "With --eval_tasks: at most this many examples per task (default: all)."})
+    eval_tasks_path: str | None = field(default=None, metadata={
+        "help": "With --eval_tasks: a folder of local lm-eval task YAMLs, added to lm-eval's own tasks."})
+    export_formats: str | None = field(default=None, metadata={
+        "help": "At the end of training, also write the final model for serving engines, e.g. 'llama,gguf': "
+                f"llama -> OUTPUT_DIR/{RUN_EXPORTS['llama']}/ (vLLM, TGI), gguf -> OUTPUT_DIR/"
+                f"{RUN_EXPORTS['gguf']} (llama.cpp, Ollama). See export.py."})
+    max_nonfinite_steps: int = field(default=5, metadata={
+        "help": "Stop after this many consecutive steps with a NaN/Inf loss or gradient norm (each is skipped)."})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "Device peak TFLOP/s for MFU. Default: a known GPU's data-sheet peak for the precision that runs "
+                "(bf16, TF32 or fp32); no MFU on CPU without it."})
+    disable_tqdm: bool | None = field(default=None, metadata={
+        "help": "No progress bar, plain progress lines only. Default: on when stdout is not a terminal (a file, CI, "
+                "a cluster log), where a bar's cursor escapes would garble the output."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "Every parameter is used in every step: skip DDP's extra graph traversal."})
+    model_card_license: str = field(default="apache-2.0", metadata={
+        "help": "License of the trained model, in the model card's metadata (a Hub license identifier)."})
+    traceback: bool = field(default=False, metadata={"help": "Show the full traceback on errors."})
+
+    def __post_init__(self):
+        problems = []
+        for name in ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "learning_rate",
+                     "gradient_accumulation_steps"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("save_steps", "eval_steps", "logging_steps"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.generation_steps < 0 or self.generation_max_new_tokens <= 0:
+            problems.append(f"generation_steps must be >= 0 and generation_max_new_tokens positive, got "
+                            f"{self.generation_steps} and {self.generation_max_new_tokens}")
+        if self.max_nonfinite_steps <= 0:
+            problems.append(f"max_nonfinite_steps must be positive, got {self.max_nonfinite_steps}")
+        if self.eval_tasks_limit is not None and self.eval_tasks_limit <= 0:
+            problems.append(f"eval_tasks_limit must be positive, got {self.eval_tasks_limit}")
+        if self.eval_tasks and self.fsdp:
+            problems.append("--eval_tasks does not run under --fsdp: lm-eval drives the whole model from one process")
+        unknown_formats = set(comma_list(self.export_formats)) - set(RUN_EXPORTS)
+        if unknown_formats:
+            problems.append(f"export_formats: unknown format(s) {', '.join(sorted(unknown_formats))} "
+                            f"(choose from {', '.join(RUN_EXPORTS)})")
+        if not self.ignore_data_skip:
+            problems.append("ignore_data_skip=False is not supported: a resumed run restores its data position from "
+                            "the checkpoint and never re-reads the data it trained on")
+        if problems:
+            raise ValueError("; ".join(problems))
+        # constructed directly rather than by parse_args (which decides them from the device): TrainingArguments'
+        # own defaults
+        self.bf16 = bool(self.bf16)
+        self.dataloader_num_workers = self.dataloader_num_workers or 0
+        self.disable_tqdm = bool(self.disable_tqdm)
+        super().__post_init__()
+
+
+def comma_list(text: str | None) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c'] (flags that take several names, like --eval_tasks)."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def traceback_requested(argv: list[str]) -> bool:
+    """`--traceback` (PretrainingArguments.traceback) or SMOLLM2_TRACEBACK, read before parsing: an error in the
+    arguments themselves is shown with its traceback too."""
+    return "--traceback" in argv or bool(os.environ.get("SMOLLM2_TRACEBACK"))
+
+
+def config_file_argv(path: str) -> list[str]:
+    """A YAML/JSON config file as command-line flags, so that flags given after it override it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ArgumentError(f"cannot read config file {path}: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise ArgumentError(f"config file {path} must hold a mapping of option: value, got {type(values).__name__}")
+    argv = []
+    for key, value in values.items():
+        if isinstance(value, dict):  # dataset_mixture: {SOURCE: WEIGHT}
+            value = [f"{name}={weight}" for name, weight in value.items()]
+        values_list = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v) for v in values_list)]
+    return argv
+
+
+def apply_device_defaults(values: dict, device: DeviceReport, interactive: bool) -> None:
+    """The defaults that depend on the machine, for the training flags left at None: bf16 where the device supports
+    it, 2 DataLoader workers on CUDA, pinned memory only for host-to-GPU copies, a progress bar only on a terminal
+    (`interactive`). On a CPU-only machine use_cpu is set, without which accelerate starts no DDP on CPU under
+    torchrun (gloo)."""
+    if device.type == "cpu":
+        values["use_cpu"] = True
+    cuda = device.type == "cuda" and not values["use_cpu"]
+    if values["bf16"] is None:
+        values["bf16"] = cuda and device.bf16
+    if values["disable_tqdm"] is None:
+        values["disable_tqdm"] = not interactive
+    if values["dataloader_num_workers"] is None:
+        values["dataloader_num_workers"] = 2 if cuda else 0
+    values["dataloader_pin_memory"] = values["dataloader_pin_memory"] and cuda
+
+
+def parse_args(argv: list[str], device: DeviceReport,
+               interactive: bool = False) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
+    """`[CONFIG.yaml|CONFIG.json] [--flag value ...]` -> the three argument dataclasses, with the defaults that
+    depend on `device` (and on stdout being a terminal, `interactive`) decided."""
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = config_file_argv(argv[0]) + argv[1:]
+    classes = (ModelArguments, DataArguments, PretrainingArguments)
+    namespace, unknown = OneLineParser(classes).parse_known_args(argv)
+    if unknown:
+        raise ArgumentError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+    values = vars(namespace)
+    # decided before PretrainingArguments exists: TrainingArguments' own __post_init__ already sets the device up
+    # from use_cpu and the mixed precision from bf16 (HfArgumentParser.parse_args_into_dataclasses, in two steps)
+    apply_device_defaults(values, device, interactive)
+    return tuple(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init}) for cls in classes)

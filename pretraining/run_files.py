@@ -1,0 +1,29 @@
+"""The name of every file a run writes into its `output_dir`, in one place: the writers and readers import them.
+
+    output_dir/
+        training_log.jsonl      TRAINING_LOG     one row per training log and per evaluation
+        samples.jsonl           SAMPLES_LOG      the generation samples
+        training_curves.png     CURVES_PNG       the curves of the log
+        README.md               MODEL_CARD       the model card
+        checkpoint-N/           (the Trainer's)  each with
+            data_state_rank{R}.pt   data_state_file(R)   rank R's position in the data stream
+            checkpoint_manifest.json  MANIFEST   written last: the checkpoint is complete
+        export-llama/, model-f16.gguf   RUN_EXPORTS   --export_formats
+        trainer_state.json      TRAINER_STATE    written last by the final save: the run is finished
+
+The model's own files (config.json, model.safetensors, the tokenizer's, the remote code) are named by transformers.
+"""
+
+TRAINING_LOG = "training_log.jsonl"
+SAMPLES_LOG = "samples.jsonl"
+CURVES_PNG = "training_curves.png"
+MODEL_CARD = "README.md"
+MANIFEST = "checkpoint_manifest.json"
+TRAINER_STATE = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME, without importing the Trainer
+# what --export_formats writes beside the final model (OUTPUT_DIR/<name>)
+RUN_EXPORTS = {"llama": "export-llama", "gguf": "model-f16.gguf"}
+
+
+def data_state_file(rank: int) -> str:
+    """Rank `rank`'s data position in a checkpoint (its DataLoader's state)."""
+    return f"data_state_rank{rank}.pt"

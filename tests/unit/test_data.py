@@ -1,0 +1,348 @@
+"""pretraining/data: streaming, tokenizing with EOS, packing, O(1) resume, hold-out, workers, rank split, bad files."""
+
+import copy
+import itertools
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from helpers import data_args, doc_tokens, packed, saved_and_loaded, write_jsonl
+from pretraining.data import PackedDataset, build_datasets, collate_blocks
+from pretraining.data.files import CHECKED_RECORDS
+from pretraining.data.sources import load_text_stream
+from pretraining.errors import DataError
+
+
+def test_packing_concatenates_documents_with_eos_and_no_padding(tmp_path, tokenizer):
+    texts = [f"Document {i}: " + "word " * (i % 37) for i in range(60)]
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    blocks = list(packed([path], tokenizer, block_size=32))
+    stream = doc_tokens(tokenizer, texts)
+    assert len(blocks) == len(stream) // 32  # only the final partial block is dropped
+    assert all(b["input_ids"].shape == (32,) and torch.equal(b["input_ids"], b["labels"]) for b in blocks)
+    assert torch.cat([b["input_ids"] for b in blocks]).tolist() == stream[: 32 * len(blocks)]
+    assert tokenizer.eos_token_id == 0 and stream.count(0) == len(texts)
+
+
+@pytest.mark.parametrize("setup", ["plain", "split_special_tokens", "truncation_enabled"])
+def test_tokens_are_what_the_tokenizer_call_gives(tmp_path, tokenizer, setup):
+    """The pipeline calls the Rust tokenizer itself (IdsEncoder): same ids as `tokenizer(text)` whatever the
+    tokenizer's settings, special-token strings, Unicode and empty documents included."""
+    tokenizer = copy.deepcopy(tokenizer)
+    if setup == "split_special_tokens":
+        tokenizer.split_special_tokens = True
+    elif setup == "truncation_enabled":  # a tokenizer.json may ship with truncation on; the call turns it off
+        tokenizer.backend_tokenizer.enable_truncation(max_length=3)
+    texts = ["Hello <|im_start|>user\nhi<|im_end|>", "", "  tabs\tand\nnewlines  ", "é 🙂 ünïcode", "<|endoftext|>x"] * 7
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    blocks = list(packed([path], tokenizer, block_size=8))
+    expected = doc_tokens(tokenizer, texts)
+    assert torch.cat([b["input_ids"] for b in blocks]).tolist() == expected[: 8 * len(blocks)]
+    assert len(blocks) == len(expected) // 8 > 10
+    assert (setup == "split_special_tokens") == (1 not in expected)  # <|im_start|> is id 1 unless split
+
+
+def test_resume_from_state_continues_mid_document(tmp_path, tokenizer):
+    texts = [("long document %d " % i) * 30 for i in range(40)]  # documents span several blocks
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    full = [b["input_ids"].tolist() for b in packed([path], tokenizer, 48)]
+    for cut in (1, 5, len(full) // 2):
+        first = packed([path], tokenizer, 48)
+        head = [b["input_ids"].tolist() for b in itertools.islice(first, cut)]
+        state = saved_and_loaded(first.state_dict())
+        assert len(state["leftover"]), "the cut should fall inside a document"
+        resumed = packed([path], tokenizer, 48)
+        resumed.load_state_dict(state)
+        assert head + [b["input_ids"].tolist() for b in resumed] == full
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_stateful_dataloader_workers_resume_exactly(tmp_path, tokenizer, num_workers):
+    files = [write_jsonl(tmp_path / f"part{k}.jsonl", [f"file {k} doc {i} " * (3 + i % 11) for i in range(50)])
+             for k in range(2)]
+
+    def loader():
+        return StatefulDataLoader(packed(files, tokenizer, 32), batch_size=4, num_workers=num_workers)
+
+    full = [batch["input_ids"] for batch in loader()]
+    assert len(full) > 6
+    tokens = sorted(torch.cat(full).flatten().tolist())
+    # every worker reads its own files: together they cover the corpus, nothing twice
+    assert len(tokens) >= len(doc_tokens(tokenizer, [json.loads(line)["text"] for f in files for line in open(f)])) - 2 * 32 * 4
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["input_ids"] for _ in range(3)]
+    state = first.state_dict()
+    next(iterator)  # read ahead, as accelerate's loader does, before the state is saved
+    state = copy.deepcopy(state)
+    del iterator
+    second = loader()
+    second.load_state_dict(state)
+    rest = [batch["input_ids"] for batch in second]
+    assert all(torch.equal(a, b) for a, b in zip(head + rest, full)) and len(head + rest) == len(full)
+
+
+def test_validation_is_held_out_from_the_start_of_the_stream(tmp_path, tokenizer):
+    texts = [f"unique document number {i} " * 8 for i in range(100)]
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    data = build_datasets(data_args(train_file=path, validation_documents=10, block_size=16), tokenizer)
+    train, evaluation = data.train, data.evaluation
+    held_out = doc_tokens(tokenizer, texts[:10])
+    assert evaluation[0]["input_ids"].tolist() == held_out[:16]
+    first_train = next(iter(train))["input_ids"].tolist()
+    assert first_train == doc_tokens(tokenizer, texts[10:])[:16]
+
+
+def test_validation_file(corpus, tokenizer):
+    train_file, validation_file = corpus
+    data = build_datasets(
+        data_args(train_file=train_file, validation_file=validation_file, block_size=128, max_eval_samples=5), tokenizer)
+    train, evaluation = data.train, data.evaluation
+    assert len(evaluation) == 5 and evaluation[0]["input_ids"].shape == (128,)
+    assert next(iter(train))["input_ids"].shape == (128,)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"text": "ok"}\n{"text": "broken"\n', r"invalid JSON in .*a\.jsonl at line 2"),
+    ('{"text": "ok"}\n{"body": "x", "id": 1}\n', r"text column 'text' not found in .*a\.jsonl line 2 \(columns: body, id\)"),
+    ("", r"data file is empty: .*a\.jsonl"),
+    ("\n\n", r"data file has no records: .*a\.jsonl"),
+    ('["not an object"]\n', r"invalid JSON in .*a\.jsonl at record 1: expected an object"),
+])
+def test_bad_json_files_are_named(tmp_path, content, expected):
+    path = tmp_path / "a.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=expected):
+        load_text_stream([str(path)], "text")
+
+
+def test_missing_and_unsupported_files(tmp_path):
+    with pytest.raises(DataError, match=r"data file not found: .*nope\.jsonl"):
+        load_text_stream([str(tmp_path / "nope.jsonl")], "text")
+    (tmp_path / "a.xml").write_text("<a/>")
+    with pytest.raises(DataError, match=r"unsupported data file type '\.xml'"):
+        load_text_stream([str(tmp_path / "a.xml")], "text")
+
+
+def test_csv_parquet_and_text_files_stream_the_same_way(tmp_path, tokenizer):
+    import pandas as pd
+
+    texts = [f"row {i} of a table " * 5 for i in range(30)]
+    frame = pd.DataFrame({"id": range(30), "text": texts})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.to_parquet(tmp_path / "a.parquet")
+    (tmp_path / "a.txt").write_text("\n".join(texts) + "\n")
+    expected = [b["input_ids"].tolist() for b in packed([write_jsonl(tmp_path / "a.jsonl", texts)], tokenizer, 32)]
+    for name in ("a.csv", "a.parquet", "a.txt"):
+        assert [b["input_ids"].tolist() for b in packed([str(tmp_path / name)], tokenizer, 32)] == expected, name
+    frame.drop(columns="text").to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"text column 'text' not found in .*b\.parquet \(columns: id\)"):
+        load_text_stream([str(tmp_path / "b.parquet")], "text")
+
+
+def test_held_out_documents_are_never_trained_on_with_workers(tmp_path, tokenizer):
+    texts = [f"document {i} is unique." for i in range(200)]
+    for k in range(2):
+        write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::2])
+    data = build_datasets(
+        data_args(train_file=str(tmp_path / "part*.jsonl"), validation_documents=10, block_size=16), tokenizer)
+    train, evaluation = data.train, data.evaluation
+    train.passes = 1  # endless otherwise
+    held_out = texts[0:20:2]  # the stream reads part0 first
+    assert tokenizer.decode(evaluation[0]["input_ids"]).startswith(held_out[0])
+    loader = StatefulDataLoader(train, batch_size=4, num_workers=2)
+    trained = tokenizer.decode(torch.cat([batch["input_ids"].flatten() for batch in loader]))
+    assert not any(text in trained for text in held_out)
+    # batches of the two workers interleave, so documents cut between blocks do not decode whole: most do
+    assert sum(text in trained for text in texts) > 0.8 * (len(texts) - len(held_out))
+
+
+def test_spawned_workers_give_the_same_batches(tmp_path, tokenizer):
+    """Workers started by spawn (macOS's default; forkserver, Python 3.14's on Linux, pickles alike) receive the
+    pipeline pickled: tokenizer settings and the hold-out filter included, they deliver what the main process does."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.split_special_tokens = True  # a setting the Rust tokenizer's own pickle drops
+    texts = [f"<|im_start|>document {i}<|im_end|> " + "word " * (i % 13) for i in range(120)]
+    path = write_jsonl(tmp_path / "a.jsonl", texts)
+    train = build_datasets(data_args(train_file=path, validation_documents=5, block_size=16), tokenizer).train
+    train.passes = 1  # endless otherwise
+
+    def batches(**kwargs):
+        return [batch["input_ids"] for batch in StatefulDataLoader(train, batch_size=4, **kwargs)]
+
+    expected = batches(num_workers=0)
+    assert len(expected) > 10 and 1 not in torch.cat(expected).tolist()  # <|im_start|> split into plain tokens
+    spawned = batches(num_workers=1, multiprocessing_context="spawn")
+    assert len(spawned) == len(expected) and all(torch.equal(a, b) for a, b in zip(spawned, expected))
+
+
+def test_resume_after_the_hold_out(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "a.jsonl", [("text number %d " % i) * 20 for i in range(80)])
+
+    def train():
+        dataset = build_datasets(data_args(train_file=path, validation_documents=7, block_size=32), tokenizer).train
+        dataset.passes = 1  # endless otherwise
+        return dataset
+
+    full = [b["input_ids"].tolist() for b in train()]
+    first = train()
+    head = [b["input_ids"].tolist() for b in itertools.islice(first, 11)]
+    state = copy.deepcopy(first.state_dict())
+    resumed = train()
+    resumed.load_state_dict(state)
+    assert head + [b["input_ids"].tolist() for b in resumed] == full
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_in_a_later_pass_continues_exactly(tmp_path, tokenizer, num_workers):
+    """A corpus read several times, endlessly as in training: each pass starts at its first document with no
+    leftover, and a state saved in any pass (a DataLoader reads ahead before it is saved) resumes in that pass, at
+    that position."""
+    files = [write_jsonl(tmp_path / f"part{k}.jsonl", [f"file {k} document {i} " * (2 + 3 * i) for i in range(3)])
+             for k in range(2)]
+
+    def loader():
+        return StatefulDataLoader(packed(files, tokenizer, 16, passes=None), batch_size=2, num_workers=num_workers,
+                                  collate_fn=collate_blocks)
+
+    full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]
+    assert [data_pass for _, data_pass in full] == sorted(data_pass for _, data_pass in full)
+    assert full[-1][1] >= 5
+    per_pass = [[ids for ids, data_pass in full if data_pass == p] for p in (1, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(*per_pass)) and per_pass[1]  # the same blocks in every pass
+    for cut in (1, 17, 33):
+        first = loader()
+        iterator = iter(first)
+        head = [next(iterator)["input_ids"] for _ in range(cut)]
+        state = first.state_dict()
+        next(iterator)  # read ahead, as accelerate's loader does, before the state is saved
+        state = saved_and_loaded(state)
+        del iterator
+        second = loader()
+        second.load_state_dict(state)
+        rest = [batch["input_ids"] for batch in itertools.islice(second, 40 - cut)]
+        assert all(torch.equal(a, b) for a, (b, _) in zip(head + rest, full, strict=True)), cut
+
+
+def test_the_training_stream_goes_on_pass_after_pass(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "a.jsonl", [f"document {i} " * 10 for i in range(6)])
+    train = build_datasets(data_args(train_file=path, block_size=16), tokenizer).train
+    blocks = list(itertools.islice(train, 200))
+    assert len(blocks) == 200 and blocks[-1]["data_pass"] > 5
+    too_little = write_jsonl(tmp_path / "short.jsonl", ["one", "two"])
+    train = build_datasets(data_args(train_file=too_little, block_size=64), tokenizer).train
+    with pytest.raises(DataError, match=r"a whole pass over the training data \(2 documents\) holds fewer than "
+                                        r"block_size=64 tokens"):
+        next(iter(train))
+
+
+def test_a_long_document_packs_in_linear_time():
+    """Leftover tokens are an array and an offset: a document of n tokens costs O(n), not O(n^2 / block_size). The
+    work is counted, not timed: every block of the document is a view of one array of its tokens, joined once, and
+    the packer's position after each block holds that same array (the leftover is cut only when a state is saved)."""
+    length, block_size = 100_000, 16
+    documents = Dataset.from_dict({"input_ids": [list(range(length))]}).to_iterable_dataset()
+    packer = PackedDataset(documents, block_size, passes=1)
+    blocks, held = [], set()
+    for block in packer:
+        blocks.append(block)
+        held.add(id(packer.position.tokens))
+    assert len(blocks) == length // block_size and blocks[-1]["input_ids"].tolist() == list(range(99_984, 100_000))
+    storages = {block["input_ids"].untyped_storage().data_ptr(): block["input_ids"].untyped_storage().nbytes()
+                for block in blocks}
+    assert sum(storages.values()) == length * 8, storages  # the tokens materialised once, as int64
+    assert len(held) == 1  # no per-block copy of the position either
+
+
+def test_a_bad_record_past_the_checked_ones_is_named_when_training_reaches_it(tmp_path, tokenizer):
+    """Start-up checks the first CHECKED_RECORDS records only (every rank runs it); a bad line further on stops
+    training with its file and line: here past the reader's first 10 MB chunk, and in a small file that the reader
+    parses whole at start-up."""
+    lines = [json.dumps({"text": f"document {i} " + "word " * 2000}) for i in range(CHECKED_RECORDS + 200)]
+    lines[CHECKED_RECORDS + 150] = '{"text": '
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 10 * 2**20
+    train = build_datasets(data_args(train_file=str(path), block_size=4096), tokenizer).train  # start-up passes
+    with pytest.raises(DataError, match=rf"invalid JSON in .*big\.jsonl at line {CHECKED_RECORDS + 151}"):
+        for _ in train:
+            pass
+    path.write_text("\n".join(line[:100] + '"}' if line.startswith('{"text": "') else line for line in lines))
+    with pytest.raises(DataError, match=rf"invalid JSON in .*big\.jsonl at line {CHECKED_RECORDS + 151}"):
+        build_datasets(data_args(train_file=str(path), block_size=16), tokenizer)
+
+
+def test_workers_in_different_passes_resume_exactly(tmp_path, tokenizer):
+    """Two workers whose files differ in size are in different passes most of the time. datasets shares the epoch
+    between workers, so each must set its own (a copy of the stream): else a resume, where both start at once, would
+    put one of them in the other's pass."""
+    write_jsonl(tmp_path / "part0.jsonl", [f"long document {i} " * (3 + 4 * i) for i in range(4)])
+    write_jsonl(tmp_path / "part1.jsonl", ["a short one"] * 3)
+
+    def loader():
+        train = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=8), tokenizer).train
+        return StatefulDataLoader(train, batch_size=2, num_workers=2, collate_fn=collate_blocks)
+
+    full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]
+    cut = 21
+    assert full[cut][1] != full[cut + 1][1], "the two workers should be in different passes at the cut"
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["input_ids"] for _ in range(cut)]
+    state = saved_and_loaded(first.state_dict())
+    del iterator
+    second = loader()
+    second.load_state_dict(state)
+    rest = [batch["input_ids"] for batch in itertools.islice(second, 40 - cut)]
+    assert all(torch.equal(a, b) for a, (b, _) in zip(head + rest, full, strict=True))
+
+
+def test_two_ranks_read_whole_shards_of_three(tmp_path, tokenizer):
+    """Three files for two ranks: rank 0 reads two whole files and rank 1 one (split_dataset_by_node would otherwise
+    make both read all three and keep every other document): no document read twice, none lost."""
+    texts = [f"document {i} is unique" for i in range(90)]
+    for k in range(3):
+        write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::3])
+
+    def documents(rank):
+        data = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=16), tokenizer, rank, 2)
+        assert data.split_description == "3 shards split between 2 ranks"
+        return [tokenizer.decode(doc["input_ids"][:-1]) for doc in data.train.tokenized]
+
+    rank0, rank1 = documents(0), documents(1)
+    assert sorted(rank0 + rank1) == sorted(texts) and len(rank0) == 60 and len(rank1) == 30
+
+    def rank0_blocks(state=None, count=None):
+        train = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=16), tokenizer, 0, 2).train
+        train.passes = 1  # endless otherwise
+        if state is not None:
+            train.load_state_dict(state)
+        blocks = [block["input_ids"].tolist() for block in itertools.islice(train, count)]
+        return blocks, saved_and_loaded(train.state_dict())
+
+    full, _ = rank0_blocks()
+    head, state = rank0_blocks(count=len(full) // 2 + 1)  # inside the second of its two files
+    assert head + rank0_blocks(state)[0] == full
+
+
+@pytest.mark.parametrize("layout", ["one file", "two files"])
+def test_each_rank_reads_its_own_documents_and_together_all(tmp_path, tokenizer, layout):
+    texts = [f"document {i} is unique" for i in range(101)]
+    if layout == "one file":  # one shard: split document by document
+        pattern = write_jsonl(tmp_path / "one.jsonl", texts)
+    else:  # two shards: split file by file
+        for k in range(2):
+            write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::2])
+        pattern = str(tmp_path / "part*.jsonl")
+
+    def documents(rank, world):
+        train = build_datasets(data_args(train_file=pattern, validation_documents=10, block_size=16), tokenizer,
+                               rank, world).train
+        return [tuple(doc["input_ids"]) for doc in train.tokenized]
+
+    rank0, rank1, single = documents(0, 2), documents(1, 2), documents(0, 1)
+    assert rank0 and rank1 and not set(rank0) & set(rank1)
+    assert sorted(rank0 + rank1) == sorted(single) and len(single) == len(texts) - 10  # held out: never trained on

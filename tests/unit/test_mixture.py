@@ -1,0 +1,239 @@
+"""Data mixtures (`--dataset_mixture`), in process: token shares that follow the weights, exact resume with
+`tokens_by_source`, parsing and bad input, a config file's forms, each rank's part of each source; and
+`--document_masking`'s blocks and loss."""
+
+import itertools
+
+import pytest
+import torch
+import yaml
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from helpers import data_args, fails_in_one_line, mixture, saved_and_loaded, tiny_args, without_train_file, \
+    write_jsonl, write_sources
+from pretraining.arguments import parse_args
+from pretraining.data import build_datasets, collate_blocks, loader_source_token_counts
+from pretraining.data.mixture import SOURCE_COLUMN, parse_mixture
+from pretraining.devices import DeviceReport
+from pretraining.errors import DataError
+
+
+def test_token_shares_follow_the_weights(tmp_path, tokenizer):
+    """Documents of the same lengths in both sources: over 300 blocks the token shares are within 3 points of
+    0.8/0.2, and the packer's counts add up to every token of every block."""
+    lengths = [4 + i % 23 for i in range(600)]
+    a, b = write_sources(tmp_path, [f"alpha {i} " + "word " * n for i, n in enumerate(lengths)],
+                         [f"beta {i} " + "word " * n for i, n in enumerate(lengths)])
+    train = build_datasets(data_args(dataset_mixture=mixture(a, b), block_size=64), tokenizer).train
+    blocks = list(itertools.islice(train, 300))
+    counts = train.state_dict()["tokens_by_source"]
+    assert sum(counts) == 300 * 64 and all(block["data_pass"] == 1 for block in blocks)
+    shares = [count / sum(counts) for count in counts]
+    print(f"token shares over 300 blocks of 64 tokens: {shares}")
+    assert shares == pytest.approx([0.8, 0.2], abs=0.03)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_mixture_resumes_exactly_in_any_pass_with_its_token_counts(tmp_path, tokenizer, num_workers):
+    """Source B holds a few short documents: it runs out and starts again many times while A goes on (the weights
+    hold), and the whole mixture is read several times. A state saved anywhere (a DataLoader reads ahead before it
+    is saved) resumes with the same blocks and the same tokens_by_source."""
+    a, b = write_sources(tmp_path, [f"alpha document {i} " * (2 + i) for i in range(8)],
+                         [f"beta {i}" for i in range(4)])
+    args = data_args(dataset_mixture=mixture(a, b, (0.5, 0.5)), block_size=16)
+
+    def loader():
+        train = build_datasets(args, tokenizer).train
+        return StatefulDataLoader(train, batch_size=2, num_workers=num_workers, collate_fn=collate_blocks)
+
+    full, counts = [], []
+    for batch in (iterator := loader()):
+        full.append((batch["input_ids"], batch["data_pass"]))
+        counts.append(loader_source_token_counts(iterator.state_dict(), 2))
+        if len(full) == 40:
+            break
+    assert full[-1][1] >= 3, "the mixture should be read several times"
+    assert [sum(c) for c in counts] == [2 * 16 * (i + 1) for i in range(40)]
+    for cut in (3, 25):
+        first = loader()
+        iterator = iter(first)
+        head = [next(iterator)["input_ids"] for _ in range(cut)]
+        state = first.state_dict()
+        next(iterator)
+        state = saved_and_loaded(state)
+        del iterator
+        assert loader_source_token_counts(state, 2) == counts[cut - 1]
+        second = loader()
+        second.load_state_dict(state)
+        rest, iterator = [], iter(second)
+        for batch in itertools.islice(iterator, 40 - cut):
+            rest.append(batch["input_ids"])
+        assert all(torch.equal(x, y) for x, (y, _) in zip(head + rest, full, strict=True)), cut
+        assert loader_source_token_counts(second.state_dict(), 2) == counts[-1]
+
+
+@pytest.mark.parametrize("entries, expected", [
+    (["a.jsonl=0.5", "b.jsonl=-1"], r"the weight of 'b\.jsonl' must be a positive number, got '-1'"),
+    (["a.jsonl=0.5", "b.jsonl=0"], r"the weight of 'b\.jsonl' must be a positive number, got 0"),
+    (["a.jsonl=half"], r"the weight of 'a\.jsonl' must be a positive number, got 'half'"),
+    (["a.jsonl=nan"], r"the weight of 'a\.jsonl' must be a positive number, got 'nan'"),
+    (["a.jsonl=0", "b.jsonl=0.0"], r"all weights are zero"),
+    (["a.jsonl"], r"entry 'a\.jsonl' is not SOURCE=WEIGHT"),
+    (["a.jsonl=1", "a.jsonl=2"], r"names 'a\.jsonl' twice"),
+])
+def test_bad_mixture_entries(entries, expected):
+    with pytest.raises(DataError, match=expected):
+        parse_mixture(entries, "text")
+
+
+def test_mixture_entries_are_parsed_and_normalized():
+    hub, local = parse_mixture(["HuggingFaceTB/smollm-corpus:fineweb-edu-dedup=3", "data/code/*.parquet@content=1"],
+                               "text")
+    assert (hub.dataset_name, hub.dataset_config_name, hub.files, hub.text_column, hub.weight) == (
+        "HuggingFaceTB/smollm-corpus", "fineweb-edu-dedup", [], "text", 0.75)
+    assert (local.name, local.dataset_name, local.text_column, local.weight) == (
+        "data/code/*.parquet@content", None, "content", 0.25)
+
+
+BAD_MIXTURES = {
+    "unknown source": (lambda t, a: [str(t / "nope.jsonl=0.5"), f"{a}=0.5"],
+                       r"dataset_mixture source '.*nope\.jsonl': data file not found"),
+    "non-positive weight": (lambda t, a: [f"{a}=0.5", f"{a}@text=-0.5"], r"the weight of '.*@text' must be a positive"),
+    "non-numeric weight": (lambda t, a: [f"{a}=lots"], r"the weight of '.*\.jsonl' must be a positive number, got 'lots'"),
+    "no text column": (lambda t, a: [f"{a}=0.5", f"{a}@code=0.5"],
+                       r"dataset_mixture source '.*\.jsonl@code': text column 'code' not found in .*\.jsonl line 1"),
+    "all weights zero": (lambda t, a: [f"{a}=0", f"{a}@text=0"], r"dataset_mixture: all weights are zero"),
+    "all held out": (lambda t, a: [f"{a}=0.5", write_jsonl(t / "few.jsonl", [f"doc {i}" for i in range(20)]) + "=0.5"],
+                     r"source '.*few\.jsonl': no documents left to train on after holding out the first 20"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MIXTURES))
+def test_a_bad_mixture_fails_in_one_line_and_changes_nothing(case, tmp_path, corpus, existing_output, capsys):
+    entries, pattern = BAD_MIXTURES[case]
+    argv = without_train_file(tiny_args(existing_output, None)) + ["--dataset_mixture", *entries(tmp_path, corpus[0])]
+    fails_in_one_line(argv, pattern, existing_output, capsys)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_document_masking_gives_each_document_its_own_loss(tmp_path, tokenizer, attn):
+    """A packed block with document masking has the loss of its documents run one by one (token-weighted): position
+    ids restart after every EOS, attention stays inside each document, and no document's first token is predicted
+    from the one before."""
+    from configuration_smollm2 import SmolLM2Config
+    from modeling_smollm2 import SmolLM2ForCausalLM
+
+    path = write_jsonl(tmp_path / "a.jsonl", [f"Document {i}: " + "some words " * (i % 7) for i in range(40)])
+    data = build_datasets(data_args(train_file=path, block_size=64, document_masking=True, validation_documents=10),
+                          tokenizer)
+    train, evaluation = data.train, data.evaluation
+    block = next(iter(train))
+    ids, positions, labels = block["input_ids"], block["position_ids"], block["labels"]
+    starts = (positions == 0).nonzero().flatten().tolist()
+    assert len(starts) > 3 and all(ids[start - 1] == tokenizer.eos_token_id for start in starts[1:])
+    assert labels[starts].eq(-100).all() and (labels != -100).sum() == 64 - len(starts)
+    assert evaluation[0]["position_ids"][0] == 0 and "position_ids" in evaluation.column_names
+
+    torch.manual_seed(0)
+    config = SmolLM2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2)
+    config._attn_implementation = attn
+    model = SmolLM2ForCausalLM(config).eval()
+    with torch.no_grad():
+        packed = model(input_ids=ids[None], position_ids=positions[None], labels=labels[None], use_cache=False).loss
+        total = 0.0
+        for start, end in zip(starts, starts[1:] + [64]):
+            document = ids[None, start:end]
+            if end - start > 1:
+                total += model(input_ids=document, labels=document, use_cache=False).loss * (end - start - 1)
+        unmasked = model(input_ids=ids[None], labels=labels[None], use_cache=False).loss
+    assert packed.item() == pytest.approx(total.item() / (64 - len(starts)), abs=1e-5)
+    assert abs(unmasked.item() - packed.item()) > 1e-3  # the mask is what made them equal
+
+    # flash attention's layout (collate_blocks(flatten=True)): three blocks as one row have the stacked blocks' loss
+    blocks = list(itertools.islice(train, 3))
+    stacked, row = collate_blocks([dict(b) for b in blocks]), collate_blocks(blocks, flatten=True)
+    assert row["input_ids"].shape == row["position_ids"].shape == row["labels"].shape == (1, 3 * 64)
+    inputs = ("input_ids", "position_ids", "labels")
+    with torch.no_grad():
+        by_row = model(**{key: row[key] for key in inputs}, use_cache=False).loss
+        by_block = model(**{key: stacked[key] for key in inputs}, use_cache=False).loss
+    assert by_row.item() == pytest.approx(by_block.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("form", ["list", "mapping"])
+def test_a_config_file_takes_the_mixture_as_a_list_or_a_mapping(tmp_path, form):
+    entries = {"HuggingFaceTB/smollm-corpus:cosmopedia-v2": 0.6, "data/code/*.parquet@content": 0.4}
+    value = [f"{name}={weight}" for name, weight in entries.items()] if form == "list" else entries
+    path = tmp_path / "mixture.yaml"
+    path.write_text(yaml.safe_dump({"dataset_mixture": value, "max_steps": 3}))
+    _, data, _ = parse_args([str(path)], DeviceReport("cpu"))
+    assert data.dataset_mixture == ["HuggingFaceTB/smollm-corpus:cosmopedia-v2=0.6", "data/code/*.parquet@content=0.4"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_three_ranks_read_each_source_its_own_way(tmp_path, tokenizer, num_workers):
+    """Source A in four files, B in two, for three ranks: each rank reads whole files of A (two, one, one) and all of
+    B, keeping the B documents whose digest falls to it. Rank 0's DataLoader workers then split B between them,
+    the other ranks' one worker reads it all: still no document read twice, none lost, and an exact resume."""
+    texts_a, texts_b = [f"alpha {i} is unique" for i in range(40)], [f"beta {i} too" for i in range(30)]
+    a, b = write_sources(tmp_path, texts_a, texts_b, shards=2)
+    for k in range(4):
+        write_jsonl(tmp_path / f"a{k}.jsonl", texts_a[k::4])
+    args = data_args(dataset_mixture=mixture(a, b, (0.5, 0.5)), block_size=16, validation_documents=0)
+
+    def documents(rank):
+        """Every document this rank reads in one pass, as text, by source."""
+        data = build_datasets(args, tokenizer, rank, 3)
+        train = data.train
+        assert data.split_description == (f"{a}: 4 shards split between 3 ranks; {b}@content: 2 shard(s) for 3 ranks: every "
+                                 "rank reads all, keeps the documents whose digest falls to it")
+        read = ([], [])
+        loader = torch.utils.data.DataLoader(train.tokenized, batch_size=None, num_workers=num_workers)
+        for doc in loader:
+            read[int(doc[SOURCE_COLUMN])].append(tokenizer.decode(doc["input_ids"][:-1]))
+        return read
+
+    by_rank = [documents(rank) for rank in range(3)]
+    for source, texts in enumerate((texts_a, texts_b)):
+        kept = [set(read[source]) for read in by_rank]
+        assert set().union(*kept) == set(texts) and sum(map(len, kept)) == len(texts), source  # each once, none lost
+        assert all(kept), f"a rank kept nothing of source {source}"
+    assert [len(set(read[0])) for read in by_rank] == [20, 10, 10]
+
+    def loader():
+        train = build_datasets(args, tokenizer, 0, 3).train
+        return StatefulDataLoader(train, batch_size=2, num_workers=num_workers, collate_fn=collate_blocks)
+
+    full = [batch["input_ids"] for batch in itertools.islice(loader(), 30)]
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["input_ids"] for _ in range(11)]
+    state = saved_and_loaded(first.state_dict())
+    del iterator
+    second = loader()
+    second.load_state_dict(state)
+    rest = list(itertools.islice((batch["input_ids"] for batch in second), 30 - 11))
+    assert all(torch.equal(x, y) for x, y in zip(head + rest, full, strict=True))
+
+
+def test_a_rank_with_no_documents_is_refused_in_one_line(tmp_path, tokenizer):
+    """One document for two ranks, in a mixture and alone: the rank it does not fall to would have an empty source
+    to sample from, or no data while the other rank waits for it."""
+    a, b = write_sources(tmp_path, [f"alpha {i}" for i in range(10)], ["the only beta document"], shards=1)
+    single = write_jsonl(tmp_path / "single.jsonl", ["the only document"])
+    for args, what, reading in [
+        (data_args(dataset_mixture=mixture(a, b), block_size=16, validation_documents=0),
+         f"dataset_mixture source '{b}@content'", "every rank reads all, keeps the documents whose digest falls to it"),
+        (data_args(train_file=single, block_size=16, validation_documents=0), "the training data",
+         "every rank reads all, keeps one document in 2"),
+    ]:
+        errors = []
+        for rank in range(2):
+            try:
+                build_datasets(args, tokenizer, rank, 2)
+            except DataError as err:
+                errors.append(str(err))
+        assert len(errors) == 1, errors  # the document falls to exactly one rank
+        assert errors[0].startswith(f"{what}: rank ") and errors[0].endswith(
+            f" of 2 gets none of its documents (1 shard(s) for 2 ranks: {reading}): use more data or fewer ranks")
