@@ -135,7 +135,10 @@ def run_torchrun(argv, timeout=600):
 
 
 def read_log(output_dir, kind=None) -> list[dict]:
-    with open(os.path.join(output_dir, "training_log.jsonl"), encoding="utf-8") as f:
+    """The rows of a run's training log, parsed strictly: a torn or garbled line fails the test."""
+    from pretraining.run_files import TRAINING_LOG
+
+    with open(os.path.join(output_dir, TRAINING_LOG), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     return [row for row in rows if kind is None or row["type"] == kind]
 
