@@ -42,9 +42,14 @@ from pretraining.throughput import StepMeter, flops_per_token
 from pretraining.trainer import PretrainingTrainer
 
 
-def preflight(training_args: PretrainingArguments) -> None:
-    """What can be checked before anything is loaded and that reads packages or folders: lm-eval and its tasks."""
+def preflight(data_args: DataArguments, training_args: PretrainingArguments) -> None:
+    """What can be checked before anything is loaded: what reads packages or folders (lm-eval and its tasks), and
+    what spans the data's and the training's flags (the data stages within max_steps)."""
     problems = []
+    late = [stage.start_step for stage in data_args.stages or () if stage.start_step >= training_args.max_steps]
+    if late:
+        problems.append(f"data_stages: a stage starts at step {late[0]}, not before --max_steps "
+                        f"{training_args.max_steps}")
     if training_args.eval_tasks_path and not os.path.isdir(training_args.eval_tasks_path):
         problems.append(f"eval_tasks_path: no such folder: {training_args.eval_tasks_path}")
     elif comma_list(training_args.eval_tasks):  # lm-eval missing or a task it does not know: say so before training
@@ -95,6 +100,7 @@ def build_trainer(data_args: DataArguments, training_args: PretrainingArguments,
         processing_class=tokenizer, data_collator=partial(collate_blocks, flatten=flatten), callbacks=callbacks,
         step_meter=step_meter, max_nonfinite_steps=training_args.max_nonfinite_steps,
         source_names=[source.name for source in data.mixture or ()],
+        stage_starts=[stage.start_step for stage in data.stages or ()],
         task_suite=TaskSuite(tasks, training_args.eval_tasks_limit, training_args.eval_tasks_path,
                              training_args.per_device_eval_batch_size) if tasks else None,
     )
@@ -122,9 +128,15 @@ def print_summary(model, data_args: DataArguments, training_args: PretrainingArg
           f"{training_args.gradient_accumulation_steps} x {world} processes)")
     mfu = f"MFU against {peak_flops / 1e12:g} TFLOP/s" if peak_flops else "no MFU (unknown peak: --peak_tflops)"
     print(f"device: {training_args.device} ({dtype}, {mfu}); data: {source}; output: {training_args.output_dir}")
-    for mixed in data.mixture or ():
-        print(f"mixture: {mixed.weight:.1%} {mixed.name}" + (f" (text column {mixed.text_column!r})"
-                                                           if mixed.text_column != data_args.text_column else ""))
+    for number, stage in enumerate(data.stages or (), start=1):
+        if len(data.stages) > 1:
+            print(f"data stage {number}: from step {stage.start_step}")
+        for mixed in stage.mixture:
+            print(f"mixture: {mixed.weight:.1%} {mixed.name}" + (f" (text column {mixed.text_column!r})"
+                                                               if mixed.text_column != data_args.text_column else ""))
+    if data_args.shuffle_buffer:
+        print(f"shuffled: {data_args.shuffle_shards} shards at a time, a buffer of {data_args.shuffle_buffer:,} "
+              f"documents, seed {training_args.seed}")
     if world > 1:
         print(f"data split between ranks: {data.split_description}")
 
@@ -146,7 +158,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
     tokenizer = load_tokenizer(model_args)
     config = build_config(model_args, data_args, tokenizer)
     data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size,
-                          seed=training_args.seed)
+                          seed=training_args.seed, blocks_per_batch=training_args.per_device_train_batch_size,
+                          batches_per_step=training_args.gradient_accumulation_steps)
     check_output_dir(training_args.output_dir)  # inputs are all checked: from here on output_dir may change
     # trained == max_steps: the last checkpoint was saved but not the final model (stopped in between)
     finishing = trained == training_args.max_steps
@@ -199,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_args, data_args, training_args = parse_args(argv, probe_device(), interactive=sys.stdout.isatty())
         show_traceback = show_traceback or training_args.traceback
-        preflight(training_args)
+        preflight(data_args, training_args)
         return train(model_args, data_args, training_args)
     except (ValueError, OSError, NonFiniteLossError) as err:
         return report(err, show_traceback)

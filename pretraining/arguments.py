@@ -61,9 +61,16 @@ class PretrainingArguments(TrainingArguments):
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Sequences per device per micro-step."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per device in evaluation."})
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "Linear warmup then linear decay to 0."})
+    lr_scheduler_type: str = field(default="linear", metadata={
+        "help": "Linear warmup then linear decay to 0 (the seed recipe); warmup_stable_decay: warmup, the peak held, "
+                "then a decay over the last --decay_steps (SmolLM2's original recipe: configs/smollm2-135m-wsd.yaml); "
+                "or any other transformers scheduler."})
     warmup_steps: float = field(default=0.1, metadata={
         "help": "Linear warmup: steps, or a fraction of max_steps when below 1 (default 0.1: 500 of 5000)."})
+    decay_steps: float = field(default=0.2, metadata={
+        "help": "With --lr_scheduler_type warmup_stable_decay: the decay's length, a fraction of max_steps up to 1 "
+                "(default 0.2: the last 20%%, as SmolLM2's recipe) or a whole number of steps above 1. Linear to 0 "
+                "unless --lr_scheduler_kwargs says otherwise (decay_type, min_lr_ratio, num_decay_steps)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (norms and biases excluded)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
@@ -137,6 +144,8 @@ class PretrainingArguments(TrainingArguments):
         if not self.ignore_data_skip:
             problems.append("ignore_data_skip=False is not supported: a resumed run restores its data position from "
                             "the checkpoint and never re-reads the data it trained on")
+        if self.lr_scheduler_type == "warmup_stable_decay":
+            problems += self.resolve_wsd()
         if problems:
             raise ValueError("; ".join(problems))
         # constructed directly rather than by parse_args (which decides them from the device): TrainingArguments'
@@ -145,6 +154,28 @@ class PretrainingArguments(TrainingArguments):
         self.dataloader_num_workers = self.dataloader_num_workers or 0
         self.disable_tqdm = bool(self.disable_tqdm)
         super().__post_init__()
+
+
+    def resolve_wsd(self) -> list[str]:
+        """warmup_stable_decay's length of decay from --decay_steps, as `num_decay_steps` in lr_scheduler_kwargs
+        (with `decay_type` linear by default), so that transformers' scheduler gets it; returns the problems."""
+        kwargs = self.lr_scheduler_kwargs or {}
+        if isinstance(kwargs, str):  # from the command line: TrainingArguments would parse it just after this
+            try:
+                kwargs = json.loads(kwargs)
+            except json.JSONDecodeError as err:
+                return [f"lr_scheduler_kwargs is not valid JSON ({err.msg}): {kwargs}"]
+        decay = self.decay_steps
+        if not 0 < decay <= 1 and not (decay > 1 and decay == int(decay)):
+            return [f"decay_steps must be a fraction of max_steps in (0, 1] or a whole number of steps above 1, got "
+                    f"{decay:g}"]
+        steps = kwargs.get("num_decay_steps", round(decay * self.max_steps) if decay <= 1 else int(decay))
+        warmup = self.get_warmup_steps(self.max_steps)
+        if not 0 < steps <= self.max_steps - warmup:
+            return [f"the decay ({steps} steps) must fit in max_steps {self.max_steps} after the warmup ({warmup} "
+                    "steps)"]
+        self.lr_scheduler_kwargs = {"decay_type": "linear", **kwargs, "num_decay_steps": steps}
+        return []
 
 
 def comma_list(text: str | None) -> list[str]:
@@ -169,8 +200,11 @@ def config_file_argv(path: str) -> list[str]:
         raise ArgumentError(f"config file {path} must hold a mapping of option: value, got {type(values).__name__}")
     argv = []
     for key, value in values.items():
-        if isinstance(value, dict):  # dataset_mixture: {SOURCE: WEIGHT}
+        if key == "dataset_mixture" and isinstance(value, dict):  # {SOURCE: WEIGHT}
             value = [f"{name}={weight}" for name, weight in value.items()]
+        elif isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
+            # a mapping (lr_scheduler_kwargs, fsdp_config ...) or a list of them (data_stages): the JSON the flag takes
+            value = json.dumps(value)
         values_list = value if isinstance(value, list) else [value]
         argv += [f"--{key}", *(str(v) for v in values_list)]
     return argv

@@ -16,8 +16,8 @@ from transformers import TrainerCallback
 
 from pretraining.curves import plot_training_log
 from pretraining.jsonl import append_jsonl, truncate_jsonl
-from pretraining.log_fields import EVAL_LOSS, LOG_FIELDS, PERPLEXITY, TOKENS_BY_SOURCE, eval_row, score_keys, \
-    source_loss_keys
+from pretraining.log_fields import (EVAL_LOSS, LOG_FIELDS, PERPLEXITY, STAGE_TOKENS_BY_SOURCE, TOKENS_BY_SOURCE,
+                                   eval_row, score_keys, source_loss_keys)
 from pretraining.run_files import SAMPLES_LOG, TRAINING_LOG
 
 
@@ -35,7 +35,8 @@ class JsonlLogCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         if "loss" in logs:  # whatever the trainer logs: a new field needs no change here
-            row = {"type": "train", "step": state.global_step, **grouped(logs, TOKENS_BY_SOURCE)}
+            row = {"type": "train", "step": state.global_step,
+                   **grouped(logs, TOKENS_BY_SOURCE, STAGE_TOKENS_BY_SOURCE)}
         elif EVAL_LOSS in logs:
             row = {"type": "eval", "step": state.global_step, **eval_row(logs)}
         else:  # the end-of-training summary: printed by the Trainer, kept in trainer_state.json
@@ -43,12 +44,15 @@ class JsonlLogCallback(TrainerCallback):
         append_jsonl(self.path, row)
 
 
-def grouped(logs: dict, name: str) -> dict:
-    """`logs` with its `name/<key>` fields gathered into one mapping `name: {key: value}`."""
-    prefix = name + "/"
-    group = {key[len(prefix):]: value for key, value in logs.items() if key.startswith(prefix)}
-    row = {key: value for key, value in logs.items() if not key.startswith(prefix)}
-    return {**row, name: group} if group else row
+def grouped(logs: dict, *names: str) -> dict:
+    """`logs` with each name's `name/<key>` fields gathered into one mapping `name: {key: value}`."""
+    row = dict(logs)
+    for name in names:
+        prefix = name + "/"
+        group = {key[len(prefix):]: row.pop(key) for key in [key for key in row if key.startswith(prefix)]}
+        if group:
+            row[name] = group
+    return row
 
 
 def progress_line(state, logs) -> str | None:

@@ -37,6 +37,9 @@ LOG_FIELDS = [
 # a mixture's tokens trained on per source: flat `tokens_by_source/<source>` fields in the logs (TensorBoard takes
 # scalars only), one mapping `tokens_by_source: {source: tokens}` in the JSONL row
 TOKENS_BY_SOURCE = "tokens_by_source"
+# with data stages: the stage of the step (1 for the first) and the tokens per source trained on in that stage
+DATA_STAGE = "data_stage"
+STAGE_TOKENS_BY_SOURCE = "stage_tokens_by_source"
 
 EVAL_PREFIX = "eval_"  # the Trainer's prefix for evaluation metrics
 EVAL_LOSS = "eval_loss"

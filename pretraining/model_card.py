@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from pretraining.curves import plot_training_log, read_training_log
 from pretraining.hub import is_path
 from pretraining.jsonl import read_jsonl
-from pretraining.log_fields import score_keys, source_loss_keys
+from pretraining.log_fields import DATA_STAGE, STAGE_TOKENS_BY_SOURCE, TOKENS_BY_SOURCE, score_keys, source_loss_keys
 from pretraining.run_files import CURVES_PNG, MODEL_CARD, RUN_EXPORTS, SAMPLES_LOG
 
 MAX_SAMPLES = 3
@@ -69,11 +69,11 @@ def results_section(output_dir: str) -> list[str]:
             trained += f" on {last['tokens_seen']:,} tokens"
         lines += [f"{trained}.", "",
                   f"- final training loss: {number(last.get('loss'), '.4f')} (step {last['step']:,})"]
-        by_source = last.get("tokens_by_source") or {}
-        total = sum(by_source.values())
-        # a mixture: what each source contributed
-        lines += [f"- tokens from `{name}`: {count:,} ({count / total:.1%})" for name, count in by_source.items()
-                  if total]
+        # a mixture: what each source contributed, and with data stages in each stage
+        lines += token_share_lines(last.get(TOKENS_BY_SOURCE) or {}, "- tokens from")
+        last_of_stage = {row[DATA_STAGE]: row for row in train_rows if DATA_STAGE in row}
+        for stage, row in sorted(last_of_stage.items()):
+            lines += token_share_lines(row.get(STAGE_TOKENS_BY_SOURCE) or {}, f"- data stage {stage}: tokens from")
     if eval_rows:
         last = eval_rows[-1]
         lines.append(f"- final eval loss: {number(last.get('eval_loss'), '.4f')}, perplexity "
@@ -83,6 +83,11 @@ def results_section(output_dir: str) -> list[str]:
         # --eval_tasks: lm-evaluation-harness scores of the last evaluation
         lines += [f"- {key} (lm-evaluation-harness): {number(last[key], '.4f')}" for key in score_keys([last])]
     return ["## Training", ""] + lines + [""] if lines else []
+
+
+def token_share_lines(by_source: dict[str, int], prefix: str) -> list[str]:
+    total = sum(by_source.values())
+    return [f"{prefix} `{name}`: {count:,} ({count / total:.1%})" for name, count in by_source.items() if total]
 
 
 def serving_section(output_dir: str) -> list[str]:
@@ -172,12 +177,20 @@ def write_report(model, model_args, data_args, training_args) -> str:
               else f"`{data_args.dataset_name}` ({data_args.dataset_config_name}), streamed")
     hub_datasets = None if data_args.train_file else [data_args.dataset_name]
     if data_args.mixture:
-        source = "a mixture, " + ", ".join(f"`{source.name}` {source.weight:.1%}" for source in data_args.mixture)
+        mixtures = ["; ".join(f"`{source.name}` {source.weight:.1%}" for source in stage.mixture)
+                    for stage in data_args.stages]
+        source = (f"a mixture by token shares, {mixtures[0]}" if len(mixtures) == 1 else "data stages, " + "; then ".join(
+            f"from step {stage.start_step}: {mixture}" for stage, mixture in zip(data_args.stages, mixtures)))
         hub_datasets = sorted({source.dataset_name for source in data_args.mixture if source.dataset_name}) or None
+    if data_args.shuffle_buffer:
+        source += (f"; shuffled: each pass in a new shard order, {data_args.shuffle_shards} shards at a time, through "
+                   f"a buffer of {data_args.shuffle_buffer:,} documents")
     recipe = {key: getattr(getattr(training_args, key), "value", getattr(training_args, key)) for key in RECIPE_KEYS}
     warmup = training_args.get_warmup_steps(training_args.max_steps)
     if 0 < training_args.warmup_steps < 1:
         recipe["warmup_steps"] = f"{warmup} ({training_args.warmup_steps:g} of max_steps)"
+    if training_args.lr_scheduler_kwargs:  # warmup_stable_decay's decay (num_decay_steps, decay_type ...)
+        recipe.update({f"lr_scheduler {key}": value for key, value in training_args.lr_scheduler_kwargs.items()})
     recipe.update(block_size=data_args.block_size, world_size=training_args.world_size)
     return write_model_card(output_dir, model_config=model.config, num_parameters=model.num_parameters(),
                             data_description=f"{source}; documents tokenized with EOS between them and packed into "

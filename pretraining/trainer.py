@@ -29,10 +29,11 @@ from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
 from pretraining.checkpoints import remove_manifest, rotate_checkpoints, write_manifest
-from pretraining.data import loader_source_token_counts
+from pretraining.data import loader_source_token_counts, loader_stage_token_counts
 from pretraining.errors import NonFiniteLossError
 from pretraining.eval_tasks import TaskSuite
-from pretraining.log_fields import EVAL_LOSS, EVAL_PREFIX, LOG_FIELDS, PERPLEXITY, TOKENS_BY_SOURCE
+from pretraining.log_fields import (DATA_STAGE, EVAL_LOSS, EVAL_PREFIX, LOG_FIELDS, PERPLEXITY, STAGE_TOKENS_BY_SOURCE,
+                                   TOKENS_BY_SOURCE)
 from pretraining.run_files import data_state_file
 from pretraining.throughput import StepMeter
 
@@ -43,11 +44,12 @@ def perplexity(loss: float) -> float:
 
 class PretrainingTrainer(Trainer):
     def __init__(self, *args, step_meter: StepMeter, max_nonfinite_steps: int, source_names: list[str] | None = None,
-                 task_suite: TaskSuite | None = None, **kwargs):
+                 stage_starts: list[int] | None = None, task_suite: TaskSuite | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.step_meter = step_meter  # times the steps that this class fetches batches for
         self.max_nonfinite_steps = max_nonfinite_steps
         self.source_names = source_names or []  # a mixture's sources, in the packer's order
+        self.stage_starts = stage_starts or [0]  # the steps at which the data stages start (one stage: [0])
         self.task_suite = task_suite  # --eval_tasks, scored at every evaluation
         self.resume_from = None  # the checkpoint given to train(): it also holds each rank's data position
         self.nonfinite_in_a_row = 0
@@ -160,6 +162,8 @@ class PretrainingTrainer(Trainer):
                 logs["skipped_steps"] = self.skipped_since_log
                 self.skipped_since_log = 0
             logs.update(self.source_token_fields())
+            if len(self.stage_starts) > 1:  # the stage of the step just taken, 1 for the first
+                logs[DATA_STAGE] = sum(start < self.state.global_step for start in self.stage_starts)
             logs.update({field.key: field.derive(logs, self.args) for field in LOG_FIELDS if field.derive})
         elif EVAL_LOSS in logs:
             # eval_loss -> eval_perplexity, a mixture's eval_loss/<source> -> eval_perplexity/<source>
@@ -169,16 +173,25 @@ class PretrainingTrainer(Trainer):
 
     def source_token_fields(self) -> dict[str, int]:
         """A mixture's tokens trained on per source since step 0, all ranks together, as `tokens_by_source/<source>`
-        fields. Read from the data loader's state (the packers count them), which every checkpoint saves: exact
-        across resumes. Empty without a mixture."""
+        fields, and with data stages those of the current stage (`stage_tokens_by_source/<source>`). Read from the
+        data loader's state (the packers count them), which every checkpoint saves: exact across resumes. Empty
+        without a mixture."""
         if not self.source_names:
             return {}
         state = self.callback_handler.train_dataloader.state_dict()
-        counts = torch.tensor(loader_source_token_counts(state, len(self.source_names)), dtype=torch.int64,
+        sources, stages = len(self.source_names), len(self.stage_starts)
+        counts = torch.tensor([loader_source_token_counts(state, sources),
+                               *loader_stage_token_counts(state, stages, sources)], dtype=torch.int64,
                               device=self.args.device)
         if self.args.world_size > 1:
             torch.distributed.all_reduce(counts)  # a few integers, at log steps only
-        return {f"{TOKENS_BY_SOURCE}/{name}": count for name, count in zip(self.source_names, counts.tolist())}
+        counts = counts.tolist()
+        fields = {f"{TOKENS_BY_SOURCE}/{name}": count for name, count in zip(self.source_names, counts[0])}
+        if stages > 1:
+            stage = sum(start < self.state.global_step for start in self.stage_starts)
+            fields.update({f"{STAGE_TOKENS_BY_SOURCE}/{name}": count
+                           for name, count in zip(self.source_names, counts[stage])})
+        return fields
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         # A mixture's held-out blocks come as a dict, source -> blocks. The Trainer would run one evaluation (and log

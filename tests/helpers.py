@@ -30,22 +30,41 @@ def write_jsonl(path, texts):
 
 
 def data_args(**kwargs):
-    """DataArguments for local files, no hold-out unless asked for."""
+    """DataArguments for local files, no hold-out and no shuffling (the files in order) unless asked for."""
     from pretraining.data import DataArguments
 
     values = dict(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None,
-                  text_column="text", block_size=64, streaming=True, validation_documents=0, max_eval_samples=8)
+                  text_column="text", block_size=64, streaming=True, validation_documents=0, max_eval_samples=8,
+                  shuffle_buffer=0)
     values.update(kwargs)
     return DataArguments(**values)
 
 
-def packed(files, tokenizer, block_size=64, passes=1):
-    """The packer over local `files` (no hold-out, no rank split)."""
-    from pretraining.data import PackedDataset
+def packed(files, tokenizer, block_size=64, passes=1, shuffle=None):
+    """The packer over local `files` (no hold-out, no rank split; in file order unless `shuffle`)."""
+    from pretraining.data.pipeline import single_source_packer
+    from pretraining.data.reading import NO_SHUFFLE
     from pretraining.data.sources import load_text_stream
     from pretraining.data.tokenize import tokenize_stream
 
-    return PackedDataset(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"), block_size, passes)
+    return single_source_packer(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"), block_size,
+                                shuffle or NO_SHUFFLE, tokenizer, passes=passes)
+
+
+def documents_read(packer, workers=1) -> list[list[list[int]]]:
+    """Every document each source's readers give in one pass, as token id lists, the DataLoader workers' parts
+    together (in worker order)."""
+    mixer = packer.mixer
+    active = min(workers, mixer.num_shards)
+    read = [[] for _ in mixer.readers]
+    for worker in range(active):
+        mixer.reset()
+        mixer.bind(worker, active)
+        for source, reader in enumerate(mixer.readers):
+            reader.start_pass()
+            while (document := reader.next_document()) is not None:
+                read[source].append(document.tolist())
+    return read
 
 
 def saved_and_loaded(state):

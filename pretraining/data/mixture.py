@@ -1,18 +1,17 @@
-"""`--dataset_mixture SOURCE[@COLUMN]=WEIGHT ...`: the sources of a mixture, parsed once (`DataArguments`).
+"""`--dataset_mixture SOURCE[@COLUMN]=WEIGHT ...` and `--data_stages`: a mixture's sources and weights, and the
+stages whose mixtures change at given steps, parsed once (`DataArguments`).
 
-Nothing is read here: `sources.load_source` opens a source's stream, `pipeline.build_datasets` mixes them.
+Nothing is read here: `sources.load_source` opens a source's stream, `mixing.TokenShareMixer` mixes them.
 """
 
 import glob
+import json
 import math
 import os
 from dataclasses import dataclass
 
 from pretraining.data.files import LOCAL_BUILDERS, expand_files
 from pretraining.errors import DataError
-
-# the column that tags a mixture's documents with the index of their source (kept through tokenizing)
-SOURCE_COLUMN = "source_index"
 
 
 @dataclass
@@ -77,6 +76,59 @@ def parse_mixture(entries: list[str], text_column: str) -> list[MixtureSource]:
     return sources
 
 
-def tag_source(batch: dict, index: int, text_column: str) -> dict:
-    """A batch's documents tagged with their source's index (a module-level function: workers pickle it)."""
-    return {SOURCE_COLUMN: [index] * len(batch[text_column])}
+@dataclass
+class DataStage:
+    """One `--data_stages` entry: from `start_step` steps on (until the next stage), this mixture."""
+
+    start_step: int
+    mixture: list[MixtureSource]
+
+
+def mixture_entries(value, where: str) -> list[str]:
+    """A mixture as `SOURCE=WEIGHT` strings, from a list of them or a mapping SOURCE: WEIGHT (config files)."""
+    if isinstance(value, dict):
+        return [f"{name}={weight}" for name, weight in value.items()]
+    if isinstance(value, list) and all(isinstance(entry, str) for entry in value):
+        return value
+    raise DataError(f"{where}: dataset_mixture must be a list of SOURCE=WEIGHT or a mapping SOURCE: WEIGHT, got {value!r}")
+
+
+def parse_stages(text: str, text_column: str) -> list[DataStage]:
+    """`--data_stages`: a JSON (or, in a config file, YAML) list of `{start_step, dataset_mixture}`, the first at step
+    0 and the steps increasing, each mixture as `--dataset_mixture` takes it."""
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"data_stages is not valid JSON ({err.msg}): {text}") from None
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"data_stages must be a non-empty list of {{start_step, dataset_mixture}}, got {text}")
+    stages = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"data_stages entry {number}"
+        if not isinstance(entry, dict) or set(entry) != {"start_step", "dataset_mixture"}:
+            raise DataError(f"{where} must hold exactly start_step and dataset_mixture, got {entry!r}")
+        start = entry["start_step"]
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise DataError(f"{where}: start_step must be a whole number of steps >= 0, got {start!r}")
+        try:
+            mixture = parse_mixture(mixture_entries(entry["dataset_mixture"], where), text_column)
+        except DataError as err:
+            raise DataError(f"{where}: {err}") from None
+        stages.append(DataStage(start, mixture))
+    if stages[0].start_step != 0:
+        raise DataError(f"data_stages: the first stage must start at step 0, got {stages[0].start_step}")
+    for before, after in zip(stages, stages[1:]):
+        if after.start_step <= before.start_step:
+            raise DataError(f"data_stages: start steps must increase, got {before.start_step} then {after.start_step}")
+    return stages
+
+
+def stage_sources(stages: list[DataStage]) -> tuple[list[MixtureSource], list[list[float]]]:
+    """Every source of the stages once (in order of first mention), and each stage's weight of each (0: not in it)."""
+    first = {}
+    for stage in stages:
+        for source in stage.mixture:
+            first.setdefault(source.name, source)
+    weights = [[{source.name: source.weight for source in stage.mixture}.get(name, 0.0) for name in first]
+               for stage in stages]
+    return list(first.values()), weights

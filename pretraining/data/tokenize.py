@@ -4,7 +4,6 @@ import copy
 
 from datasets import IterableDataset
 
-from pretraining.data.mixture import SOURCE_COLUMN
 from pretraining.errors import DataError
 
 
@@ -46,13 +45,13 @@ def tokenize_batch(batch: dict, encode: IdsEncoder, eos: int, text_column: str) 
     return {"input_ids": [doc + [eos] for doc in encode(batch[text_column])]}
 
 
-def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str, tagged: bool = False) -> IterableDataset:
+def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str) -> IterableDataset:
     """Tokenize lazily (fast tokenizer, batched) and append EOS to every document, so that packed
-    neighbours are separated as in the official pretraining data. `tagged`: keep a mixture's SOURCE_COLUMN."""
+    neighbours are separated as in the official pretraining data."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token: documents could not be separated")
-    dataset = dataset.select_columns([text_column, SOURCE_COLUMN] if tagged else [text_column])
+    dataset = dataset.select_columns([text_column])
     # a module-level function with fn_kwargs, not a closure: spawned DataLoader workers pickle the dataset
     fn_kwargs = {"encode": IdsEncoder(tokenizer), "eos": eos, "text_column": text_column}
     return dataset.map(tokenize_batch, batched=True, batch_size=256, remove_columns=[text_column], fn_kwargs=fn_kwargs)

@@ -46,6 +46,31 @@ def test_sigkill_then_restart_resumes_exactly(tmp_path, corpus, baseline):
     assert resumed == pytest.approx(baseline, abs=1e-4)
 
 
+def test_sigkill_with_two_dataloader_workers_resumes_exactly(tmp_path, corpus):
+    """The shuffled stream of a corpus in four files, read by two DataLoader workers (two shards each, their shuffle
+    buffers in the checkpoint): killed past a checkpoint, the restart trains on what the uninterrupted run did."""
+    with open(corpus[0], encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    for k in range(4):
+        write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::4])
+    runs = {}
+    for name in ("baseline", "killed"):
+        output_dir = str(tmp_path / name)
+        argv = tiny_args(output_dir, str(tmp_path / "part*.jsonl"), corpus[1], max_steps=12, save_steps=4,
+                         eval_steps=12, generation_steps=0, dataloader_num_workers=2, shuffle_buffer=500)
+        if name == "killed":
+            process = start_app(argv)
+            wait_for_step(output_dir, 6, process)  # past checkpoint-4
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        result = run_app(argv)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[name] = output_dir
+    assert "Resuming from checkpoint-" in result.stdout
+    assert [row["step"] for row in read_log(runs["killed"], "train")] == list(range(1, 13))
+    assert losses(runs["killed"]) == pytest.approx(losses(runs["baseline"]), abs=1e-4)
+
+
 def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path, corpus):
     output_dir = str(tmp_path / "run")
     argv = tiny_args(output_dir, *corpus, max_steps=500, save_steps=1000, generation_steps=0, eval_steps=1000)

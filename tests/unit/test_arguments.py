@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import run_pretrain
-from helpers import bad_bytes, bad_file, fails_in_one_line, tiny_args
+from helpers import bad_bytes, bad_file, fails_in_one_line, tiny_args, without_train_file
 from pretraining.arguments import apply_device_defaults, parse_args
 from pretraining.devices import DeviceReport, probe_device
 
@@ -101,6 +101,14 @@ BAD_INPUTS = {
                              r"attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package"),
     "re-reading the data": (lambda t, c: ["--ignore_data_skip", "false"],
                             r"ignore_data_skip=False is not supported: a resumed run restores its data position"),
+    "negative shuffle buffer": (lambda t, c: ["--shuffle_buffer", "-1"], r"shuffle_buffer must be >= 0 \(0: no shuffling\), got -1"),
+    "no shards at once": (lambda t, c: ["--shuffle_shards", "0"], r"shuffle_shards must be positive, got 0"),
+    "decay fraction zero": (lambda t, c: ["--lr_scheduler_type", "warmup_stable_decay", "--decay_steps", "0"],
+                            r"decay_steps must be a fraction of max_steps in \(0, 1\] or a whole number of steps above 1, got 0"),
+    "decay neither fraction nor steps": (lambda t, c: ["--lr_scheduler_type", "warmup_stable_decay", "--decay_steps", "1.5"],
+                                         r"decay_steps must be .*, got 1\.5"),
+    "decay longer than the run": (lambda t, c: ["--lr_scheduler_type", "warmup_stable_decay", "--decay_steps", "29"],
+                                  r"the decay \(29 steps\) must fit in max_steps 30 after the warmup \(3 steps\)"),
     "incomplete resume checkpoint": (lambda t, c: ["--resume_from_checkpoint", str(t / "out" / "checkpoint-7")],
                                      r"cannot resume from .*checkpoint-7: no manifest"),
 }
@@ -110,6 +118,48 @@ BAD_INPUTS = {
 def test_bad_input_fails_in_one_line_and_changes_nothing(case, tmp_path, corpus, existing_output, capsys):
     extra, pattern = BAD_INPUTS[case]
     fails_in_one_line(tiny_args(existing_output, *corpus) + extra(tmp_path, corpus), pattern, existing_output, capsys)
+
+
+def stages(*entries):
+    return ["--data_stages", json.dumps([{"start_step": start, "dataset_mixture": mixture} for start, mixture in entries])]
+
+
+BAD_STAGES = {
+    "a stage after max_steps": (lambda c: stages((0, {c: 1}), (30, {c: 1})),
+                                r"data_stages: a stage starts at step 30, not before --max_steps 30"),
+    "steps not increasing": (lambda c: stages((0, {c: 1}), (12, {c: 1}), (12, {c: 0.5})),
+                             r"data_stages: start steps must increase, got 12 then 12"),
+    "not from step 0": (lambda c: stages((3, {c: 1})), r"data_stages: the first stage must start at step 0, got 3"),
+    "an unknown source": (lambda c: stages((0, {c: 1}), (5, {"nope/missing.jsonl": 1})),
+                          r"dataset_mixture source 'nope/missing\.jsonl': data file not found: nope/missing\.jsonl"),
+    "a bad weight": (lambda c: stages((0, {c: 1}), (5, {c: "lots"})),
+                     r"data_stages entry 2: dataset_mixture: the weight of '.*' must be a positive number, got 'lots'"),
+    "not JSON": (lambda c: ["--data_stages", "[{start_step: 0}"], r"data_stages is not valid JSON"),
+    "with a mixture too": (lambda c: stages((0, {c: 1})) + ["--dataset_mixture", f"{c}=1"],
+                           r"--dataset_mixture and --data_stages both given"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STAGES))
+def test_bad_data_stages_fail_in_one_line_and_change_nothing(case, corpus, existing_output, capsys):
+    extra, pattern = BAD_STAGES[case]
+    fails_in_one_line(without_train_file(tiny_args(existing_output, None)) + extra(corpus[0]), pattern,
+                      existing_output, capsys)
+
+
+def test_a_config_file_mapping_reaches_the_trainer_as_a_mapping(tmp_path):
+    """A YAML mapping value (lr_scheduler_kwargs, and data_stages' list of mappings) is the JSON the flag takes:
+    TrainingArguments gets a dict, not `k=v` strings."""
+    config = tmp_path / "run.yaml"
+    config.write_text("lr_scheduler_type: warmup_stable_decay\nlr_scheduler_kwargs: {min_lr_ratio: 0.0, "
+                      "decay_type: cosine}\nmax_steps: 100\ndata_stages:\n  - {start_step: 0, dataset_mixture: "
+                      "{a.jsonl: 1}}\n  - {start_step: 50, dataset_mixture: [a.jsonl=0.5, b.jsonl=0.5]}\n")
+    _, data_args, args = parse_args([str(config)], DeviceReport("cpu"))
+    assert args.lr_scheduler_kwargs == {"min_lr_ratio": 0.0, "decay_type": "cosine", "num_decay_steps": 20}
+    assert [stage.start_step for stage in data_args.stages] == [0, 50]
+    assert [(source.name, source.weight) for source in data_args.stages[1].mixture] == [("a.jsonl", 0.5),
+                                                                                        ("b.jsonl", 0.5)]
+    assert [source.name for source in data_args.mixture] == ["a.jsonl", "b.jsonl"]
 
 
 @pytest.mark.parametrize("content", ["max_steps: [1, 2\n", "- just\n- a list\n"])

@@ -9,8 +9,12 @@ import torch
 from datasets import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from helpers import data_args, doc_tokens, packed, saved_and_loaded, write_jsonl
+import numpy as np
+
+from helpers import data_args, doc_tokens, documents_read, packed, saved_and_loaded, write_jsonl
 from pretraining.data import PackedDataset, build_datasets, collate_blocks
+from pretraining.data.mixing import TokenShareMixer
+from pretraining.data.reading import NO_SHUFFLE, SourceReader
 from pretraining.data.files import CHECKED_RECORDS
 from pretraining.data.sources import load_text_stream
 from pretraining.errors import DataError
@@ -245,7 +249,8 @@ def test_a_long_document_packs_in_linear_time():
     the packer's position after each block holds that same array (the leftover is cut only when a state is saved)."""
     length, block_size = 100_000, 16
     documents = Dataset.from_dict({"input_ids": [list(range(length))]}).to_iterable_dataset()
-    packer = PackedDataset(documents, block_size, passes=1)
+    packer = PackedDataset(TokenShareMixer([SourceReader(documents, 0, NO_SHUFFLE, np.int64)], [[1.0]]), block_size,
+                           passes=1)
     blocks, held = [], set()
     for block in packer:
         blocks.append(block)
@@ -310,7 +315,7 @@ def test_two_ranks_read_whole_shards_of_three(tmp_path, tokenizer):
     def documents(rank):
         data = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=16), tokenizer, rank, 2)
         assert data.split_description == "3 shards split between 2 ranks"
-        return [tokenizer.decode(doc["input_ids"][:-1]) for doc in data.train.tokenized]
+        return [tokenizer.decode(doc[:-1]) for doc in documents_read(data.train)[0]]
 
     rank0, rank1 = documents(0), documents(1)
     assert sorted(rank0 + rank1) == sorted(texts) and len(rank0) == 60 and len(rank1) == 30
@@ -341,7 +346,7 @@ def test_each_rank_reads_its_own_documents_and_together_all(tmp_path, tokenizer,
     def documents(rank, world):
         train = build_datasets(data_args(train_file=pattern, validation_documents=10, block_size=16), tokenizer,
                                rank, world).train
-        return [tuple(doc["input_ids"]) for doc in train.tokenized]
+        return [tuple(doc) for doc in documents_read(train)[0]]
 
     rank0, rank1, single = documents(0, 2), documents(1, 2), documents(0, 1)
     assert rank0 and rank1 and not set(rank0) & set(rank1)

@@ -3,17 +3,18 @@
 `--document_masking`'s blocks and loss."""
 
 import itertools
+import json
 
 import pytest
 import torch
 import yaml
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from helpers import data_args, fails_in_one_line, mixture, saved_and_loaded, tiny_args, without_train_file, \
-    write_jsonl, write_sources
+from helpers import data_args, documents_read, fails_in_one_line, mixture, saved_and_loaded, tiny_args, \
+    without_train_file, write_jsonl, write_sources
 from pretraining.arguments import parse_args
-from pretraining.data import build_datasets, collate_blocks, loader_source_token_counts
-from pretraining.data.mixture import SOURCE_COLUMN, parse_mixture
+from pretraining.data import build_datasets, collate_blocks, loader_source_token_counts, loader_stage_token_counts
+from pretraining.data.mixture import parse_mixture
 from pretraining.devices import DeviceReport
 from pretraining.errors import DataError
 
@@ -31,6 +32,60 @@ def test_token_shares_follow_the_weights(tmp_path, tokenizer):
     shares = [count / sum(counts) for count in counts]
     print(f"token shares over 300 blocks of 64 tokens: {shares}")
     assert shares == pytest.approx([0.8, 0.2], abs=0.03)
+
+
+@pytest.mark.parametrize("shuffle_buffer", [0, 100])
+def test_weights_are_token_shares_whatever_the_document_lengths(tmp_path, tokenizer, shuffle_buffer):
+    """0.8 of short documents (about 10 tokens) and 0.2 of long ones (about 200): the tokens, not the documents,
+    follow the weights, within 3 points after 300 blocks (a per-document draw gave the short source about 0.04)."""
+    a, b = write_sources(tmp_path, [f"alpha {i} " + "word " * (4 + i % 9) for i in range(3000)],
+                         [f"beta {i} " + "word " * (150 + i % 101) for i in range(200)])
+    train = build_datasets(data_args(dataset_mixture=mixture(a, b), block_size=64, shuffle_buffer=shuffle_buffer),
+                           tokenizer).train
+    list(itertools.islice(train, 300))
+    counts = train.state_dict()["tokens_by_source"]
+    shares = [count / sum(counts) for count in counts]
+    print(f"token shares over 300 blocks of 64 tokens, short 0.8 / long 0.2: {shares}")
+    assert shares == pytest.approx([0.8, 0.2], abs=0.03)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_data_stages_switch_the_mixture_at_their_step_and_resume_exactly(tmp_path, tokenizer, num_workers):
+    """Stage 1 is source A alone, stage 2 (after 5 steps of 2 batches of 2 blocks) B alone: the blocks of steps 1-5
+    hold A's tokens only, those of the steps after B's (but for the end of the last A document, carried over), each
+    stage's tokens counted apart; a state saved in either stage, or at the boundary, resumes exactly."""
+    a, b = write_sources(tmp_path, [f"alpha {i} " + "word " * (3 + i % 5) for i in range(400)],
+                         [f"beta {i} " + "word " * (3 + i % 7) for i in range(400)])
+    stages = [{"start_step": 0, "dataset_mixture": {a: 1}}, {"start_step": 5, "dataset_mixture": {f"{b}@content": 1}}]
+    args = data_args(data_stages=json.dumps(stages), block_size=16)
+    block, batch, steps_per_batch = 16, 2, 2  # tokens, blocks per batch, batches per step
+
+    def loader():
+        train = build_datasets(args, tokenizer, blocks_per_batch=batch, batches_per_step=steps_per_batch).train
+        return StatefulDataLoader(train, batch_size=batch, num_workers=num_workers, collate_fn=collate_blocks)
+
+    full, stage_counts = [], []
+    for batch_ids in (iterator := loader()):
+        full.append(batch_ids["input_ids"])
+        stage_counts.append(loader_stage_token_counts(iterator.state_dict(), 2, 2))
+        if len(full) == 8 * steps_per_batch:
+            break
+    per_step = block * batch * steps_per_batch
+    assert stage_counts[5 * steps_per_batch - 1] == [[5 * per_step, 0], [0, 0]]  # 5 steps of A alone
+    a_tail, b_part = stage_counts[-1][1]
+    assert a_tail + b_part == 3 * per_step and a_tail < block  # then B (after the last A document's end)
+    for cut in (3, 5 * steps_per_batch, 13):
+        first = loader()
+        iterator = iter(first)
+        head = [next(iterator)["input_ids"] for _ in range(cut)]
+        state = first.state_dict()
+        next(iterator)
+        state = saved_and_loaded(state)
+        del iterator
+        second = loader()
+        second.load_state_dict(state)
+        rest = [batch_ids["input_ids"] for batch_ids in itertools.islice(second, len(full) - cut)]
+        assert all(torch.equal(x, y) for x, y in zip(head + rest, full, strict=True)), cut
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -188,11 +243,8 @@ def test_three_ranks_read_each_source_its_own_way(tmp_path, tokenizer, num_worke
         train = data.train
         assert data.split_description == (f"{a}: 4 shards split between 3 ranks; {b}@content: 2 shard(s) for 3 ranks: every "
                                  "rank reads all, keeps the documents whose digest falls to it")
-        read = ([], [])
-        loader = torch.utils.data.DataLoader(train.tokenized, batch_size=None, num_workers=num_workers)
-        for doc in loader:
-            read[int(doc[SOURCE_COLUMN])].append(tokenizer.decode(doc["input_ids"][:-1]))
-        return read
+        return [[tokenizer.decode(doc[:-1]) for doc in source]
+                for source in documents_read(train, workers=max(1, num_workers))]
 
     by_rank = [documents(rank) for rank in range(3)]
     for source, texts in enumerate((texts_a, texts_b)):
