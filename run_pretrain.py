@@ -14,8 +14,9 @@ model, the trainer, training, the report. The pieces live in `pretraining/`.
 """
 
 import os
+import shutil
+import signal
 import sys
-import tempfile
 import warnings
 from functools import partial
 
@@ -27,16 +28,19 @@ from transformers.utils import logging as hf_logging
 
 from modeling_smollm2 import SmolLM2ForCausalLM
 from pretraining.arguments import ModelArguments, PretrainingArguments, comma_list, parse_args, traceback_requested
-from pretraining.callbacks import (CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, ProgressBarCallback,
-                                   ProgressLinesCallback, SigtermCallback)
-from pretraining.checkpoints import choose_resume_checkpoint, saved_step
+from pretraining.callbacks import (CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, LogTheLastStep,
+                                   ProgressBarCallback, ProgressLinesCallback)
+from pretraining.checkpoints import saved_step
 from pretraining.data import DataArguments, TrainingData, build_datasets, collate_blocks
 from pretraining.devices import device_peak_flops, probe_device
-from pretraining.errors import ArgumentError, NonFiniteLossError, report
+from pretraining.errors import ArgumentError, NonFiniteLossError, SaveError, free_space, report
 from pretraining.eval_tasks import TaskSuite, check_eval_tasks
 from pretraining.model import build_config, build_model, load_tokenizer
 from pretraining.model_card import write_report
-from pretraining.run_files import TRAINER_STATE
+from pretraining.run_files import RUN_IDENTITY, TRAINER_STATE
+from pretraining.run_folder import CHANGEABLE, check_resume, claimed_output_dir, read_identity, run_identity, \
+    write_identity
+from pretraining.signals import EXIT_STATUS, StopOnSignal
 from pretraining.serving import export_run
 from pretraining.throughput import StepMeter, flops_per_token
 from pretraining.trainer import PretrainingTrainer
@@ -58,16 +62,6 @@ def preflight(data_args: DataArguments, training_args: PretrainingArguments) -> 
         raise ArgumentError("; ".join(problems))
 
 
-def check_output_dir(path: str) -> None:
-    """Fail before training if `path` cannot be written (tested by writing, which works for root too)."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ArgumentError(f"output_dir {path} is not writable: {err.strerror or err}") from None
-
-
 def global_batch(training_args: PretrainingArguments) -> int:
     """Sequences per optimizer step, all processes together."""
     return (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
@@ -75,7 +69,7 @@ def global_batch(training_args: PretrainingArguments) -> int:
 
 
 def build_trainer(data_args: DataArguments, training_args: PretrainingArguments, tokenizer, model,
-                  data: TrainingData) -> PretrainingTrainer:
+                  data: TrainingData, resume_changes: list[str] = ()) -> PretrainingTrainer:
     """The trainer with every callback of the app, assembled here."""
     if data.evaluation is None:
         training_args.eval_strategy = "no"
@@ -91,7 +85,8 @@ def build_trainer(data_args: DataArguments, training_args: PretrainingArguments,
         GenerationSamplesCallback(training_args.output_dir, training_args.generation_prompts,
                                   training_args.generation_steps, training_args.generation_max_new_tokens),
         CurvesCallback(),
-        SigtermCallback(),
+        LogTheLastStep(),
+        StopOnSignal(),
     ]
     # document masking under flash attention: each batch as one row, for flash's variable-length path
     flatten = data_args.document_masking and model.config._attn_implementation == "flash_attention_2"
@@ -100,7 +95,7 @@ def build_trainer(data_args: DataArguments, training_args: PretrainingArguments,
         processing_class=tokenizer, data_collator=partial(collate_blocks, flatten=flatten), callbacks=callbacks,
         step_meter=step_meter, max_nonfinite_steps=training_args.max_nonfinite_steps,
         source_names=[source.name for source in data.mixture or ()],
-        stage_starts=[stage.start_step for stage in data.stages or ()],
+        stage_starts=[stage.start_step for stage in data.stages or ()], resume_changes=resume_changes,
         task_suite=TaskSuite(tasks, training_args.eval_tasks_limit, training_args.eval_tasks_path,
                              training_args.per_device_eval_batch_size) if tasks else None,
     )
@@ -142,64 +137,128 @@ def print_summary(model, data_args: DataArguments, training_args: PretrainingArg
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments) -> int:
+    """The run, in its output folder (owned and locked for the run's life): returns the exit status."""
     set_seed(training_args.seed)
     if training_args.disable_tqdm:
         datasets.disable_progress_bars()  # datasets' own bars (map, file conversion) follow the Trainer's
-    checkpoint = choose_resume_checkpoint(training_args)
-    trained = saved_step(checkpoint) if checkpoint else 0
-    if trained > training_args.max_steps:
-        raise ArgumentError(f"{checkpoint} is at step {trained}, past --max_steps {training_args.max_steps}: pass "
-                            f"--max_steps {trained} or more to go on from it, or another --output_dir")
-    if trained == training_args.max_steps and saved_step(training_args.output_dir) == trained:
-        if training_args.should_log:
-            print(f"Training is already complete: step {trained} of --max_steps {training_args.max_steps}, the model "
-                  f"is in {training_args.output_dir}. Nothing changed; pass a larger --max_steps to train on.")
-        return 0
-    tokenizer = load_tokenizer(model_args)
-    config = build_config(model_args, data_args, tokenizer)
-    data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size,
-                          seed=training_args.seed, blocks_per_batch=training_args.per_device_train_batch_size,
-                          batches_per_step=training_args.gradient_accumulation_steps)
-    check_output_dir(training_args.output_dir)  # inputs are all checked: from here on output_dir may change
-    # trained == max_steps: the last checkpoint was saved but not the final model (stopped in between)
-    finishing = trained == training_args.max_steps
-    model = SmolLM2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32) if finishing else build_model(
-        model_args, config)
-    trainer = build_trainer(data_args, training_args, tokenizer, model, data)
-    print_summary(model, data_args, training_args, data, trainer.step_meter.peak_flops)
-    if training_args.should_log:
-        print(f"Saving the final model of {os.path.basename(checkpoint)}" if finishing else
-              f"Resuming from {os.path.basename(checkpoint)}" if checkpoint else "Starting from step 0", flush=True)
-    if finishing:
-        trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
-    else:
-        trainer.train(resume_from_checkpoint=checkpoint)
-        sigterm = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SigtermCallback))
-        if sigterm.received:
+    starting_points = [model_args.model_name_or_path, model_args.config_name]
+    with claimed_output_dir(training_args, starting_points) as (folder, checkpoint):
+        trained = saved_step(checkpoint) if checkpoint else 0
+        if trained > training_args.max_steps:
+            raise ArgumentError(f"{checkpoint} is at step {trained}, past --max_steps {training_args.max_steps}: "
+                                f"pass --max_steps {trained} or more to go on from it, or another --output_dir")
+        if trained == training_args.max_steps and saved_step(training_args.output_dir) == trained:
             if training_args.should_log:
-                print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved. "
-                      "Run the same command to resume.", flush=True)
+                print(f"Training is already complete: step {trained} of --max_steps {training_args.max_steps}, the "
+                      f"model is in {training_args.output_dir}. Nothing changed; pass a larger --max_steps to train "
+                      "on.")
             return 0
-    save_final(trainer, model, model_args, data_args, training_args)
+        resumed = resumed_record(checkpoint)
+        tokenizer = load_tokenizer(model_args)
+        config = build_config(model_args, data_args, tokenizer)
+        # the rank's data streams: one per DataLoader worker of the run's first start (then any number may host them)
+        streams = resumed["data_streams"] if resumed else max(1, training_args.dataloader_num_workers)
+        data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size,
+                              seed=training_args.seed, blocks_per_batch=training_args.per_device_train_batch_size,
+                              batches_per_step=training_args.gradient_accumulation_steps, streams=streams)
+        # inputs are all checked: from here on output_dir may change
+        record, changed = record_identity(folder, resumed, trained,
+                                          run_identity(config, tokenizer, model_args, data_args, training_args),
+                                          training_args, streams)
+        # trained == max_steps: the last checkpoint was saved but not the final model (stopped in between)
+        finishing = trained == training_args.max_steps
+        model = SmolLM2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32) if finishing else build_model(
+            model_args, config)
+        trainer = build_trainer(data_args, training_args, tokenizer, model, data, resume_changes=changed)
+        print_summary(model, data_args, training_args, data, trainer.step_meter.peak_flops)
+        if training_args.should_log:
+            print(f"Saving the final model of {os.path.basename(checkpoint)}" if finishing else
+                  f"Resuming from {os.path.basename(checkpoint)}" if checkpoint else "Starting from step 0", flush=True)
+            for part in changed:
+                print(f"Changed on resume, from step {trained}: {part}: {CHANGEABLE[part]}", flush=True)
+        if finishing:
+            trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
+        else:
+            trainer.train(resume_from_checkpoint=checkpoint)
+            stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+            if stop.received is not None:
+                if training_args.should_log:
+                    cause = "Ctrl-C" if stop.received == signal.SIGINT else stop.received.name
+                    print(f"Stopped by {cause} at step {trainer.state.global_step}; checkpoint saved. Run the same "
+                          "command to resume.", flush=True)
+                return EXIT_STATUS[stop.received]
+        save_final(trainer, model, model_args, data_args, training_args, record)
     return 0
 
 
+def resumed_record(checkpoint: str | None) -> dict | None:
+    """The identity record of the checkpoint to resume from (None for a new run)."""
+    if checkpoint is None:
+        return None
+    record = read_identity(checkpoint)
+    if record is None:
+        raise ArgumentError(f"cannot resume from {checkpoint}: it has no {RUN_IDENTITY} (an earlier version of this "
+                            "app wrote it): resume it with that version, or start anew with --replace_output_dir")
+    record["checkpoint"] = checkpoint
+    return record
+
+
+def record_identity(folder, resumed: dict | None, trained: int, identity: dict,
+                    training_args: PretrainingArguments, streams: int) -> tuple[dict, list[str]]:
+    """The run's identity record, written (main process) as the run's first write: a new run's, or a resumed one's
+    (`resumed`, its checkpoint's) with a new segment for the changes `--allow_changes` takes (what is not allowed
+    is refused). Returns (the record, the parts that changed)."""
+    changed = []
+    if resumed is None:
+        if training_args.replace_output_dir and training_args.process_index == 0:
+            folder.clear()
+        record = {"segments": [{"from_step": 0, "identity": identity}], "data_streams": streams}
+    else:
+        record = {key: value for key, value in resumed.items() if key != "checkpoint"}
+        changed = check_resume(record, identity, set(comma_list(training_args.allow_changes)), resumed["checkpoint"],
+                               trained)
+        if changed:
+            record["segments"].append({"from_step": trained, "identity": identity, "changed": changed})
+    if training_args.process_index == 0:
+        write_identity(training_args.output_dir, record)
+    return record, changed
+
+
 def save_final(trainer: PretrainingTrainer, model, model_args: ModelArguments, data_args: DataArguments,
-               training_args: PretrainingArguments) -> None:
+               training_args: PretrainingArguments, record: dict) -> None:
     """The final model (weights, config with auto_map, model code, tokenizer), its exports, the report (curves and
     model card), the trainer state, and the push to the Hub."""
     model.config.use_cache = True  # the Trainer turns it off for training; users generate with the cache
-    trainer.save_model(training_args.output_dir)
+    save_model_atomically(trainer, training_args)
     if training_args.should_save:
         for path in export_run(training_args.output_dir, comma_list(training_args.export_formats)):
             print(f"Exported {path}", flush=True)
-        write_report(model, model_args, data_args, training_args)
+        write_report(model, model_args, data_args, training_args, record)
         # written last: its step marks the final model as complete (a finished run started again stops here)
         trainer.save_state()
         print(f"Model saved to {training_args.output_dir}", flush=True)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message=f"SmolLM2 pretraining: step {trainer.state.global_step}")
         print(f"Pushed to the Hub: {training_args.hub_model_id}", flush=True)
+
+
+def save_model_atomically(trainer: PretrainingTrainer, training_args: PretrainingArguments) -> None:
+    """trainer.save_model, through a temporary folder beside the model's files, swapped in file by file once all are
+    written: a failure (a full disk) leaves an earlier final model (an extended run's) as it was."""
+    output_dir = training_args.output_dir
+    tmp = os.path.join(output_dir, f".final-model-{os.getpid()}")
+    try:
+        trainer.save_model(tmp)
+        if training_args.should_save:
+            for name in os.listdir(tmp):
+                os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
+    except (OSError, RuntimeError) as err:
+        raise SaveError(f"cannot save the final model in {output_dir}: {getattr(err, 'strerror', None) or err} "
+                        f"({free_space(output_dir)} free on that disk); the checkpoints are intact: make room and run "
+                        "the same command, which saves the final model of the last checkpoint") from err
+    finally:
+        if training_args.should_save:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         return train(model_args, data_args, training_args)
     except (ValueError, OSError, NonFiniteLossError) as err:
         return report(err, show_traceback)
+    except KeyboardInterrupt:  # Ctrl-C before training started (during training it stops at the step's end)
+        if show_traceback:
+            raise
+        print("error: interrupted before training started; nothing was saved", file=sys.stderr)
+        return EXIT_STATUS[signal.SIGINT]
 
 
 if __name__ == "__main__":

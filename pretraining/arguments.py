@@ -117,6 +117,14 @@ class PretrainingArguments(TrainingArguments):
         "help": "Every parameter is used in every step: skip DDP's extra graph traversal."})
     model_card_license: str = field(default="apache-2.0", metadata={
         "help": "License of the trained model, in the model card's metadata (a Hub license identifier)."})
+    replace_output_dir: bool = field(default=False, metadata={
+        "help": "Replace what --output_dir holds (files this app did not write, or another run) instead of refusing "
+                "to start. Never the starting weights (--model_name_or_path)."})
+    allow_changes: str | None = field(default=None, metadata={
+        "help": "On resume, take these changed settings from the resumed step on instead of refusing: 'data' (the "
+                "stream starts afresh on the new data), 'schedule' (learning rate, its schedule, AdamW settings), "
+                "'batch' (per-device batch, gradient accumulation), comma-separated. The model and tokenizer never "
+                "change; the model card lists each change."})
     traceback: bool = field(default=False, metadata={"help": "Show the full traceback on errors."})
 
     def __post_init__(self):
@@ -144,6 +152,10 @@ class PretrainingArguments(TrainingArguments):
         if not self.ignore_data_skip:
             problems.append("ignore_data_skip=False is not supported: a resumed run restores its data position from "
                             "the checkpoint and never re-reads the data it trained on")
+        unknown_changes = set(comma_list(self.allow_changes)) - {"data", "schedule", "batch"}
+        if unknown_changes:
+            problems.append(f"allow_changes: unknown part(s) {', '.join(sorted(unknown_changes))} (choose from data, "
+                            "schedule, batch)")
         if self.lr_scheduler_type == "warmup_stable_decay":
             problems += self.resolve_wsd()
         if problems:
@@ -234,9 +246,10 @@ def parse_args(argv: list[str], device: DeviceReport,
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = config_file_argv(argv[0]) + argv[1:]
     classes = (ModelArguments, DataArguments, PretrainingArguments)
-    namespace, unknown = OneLineParser(classes).parse_known_args(argv)
+    parser = OneLineParser(classes)
+    namespace, unknown = parser.parse_known_args(argv)
     if unknown:
-        raise ArgumentError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+        raise parser.unknown(unknown)
     values = vars(namespace)
     # decided before PretrainingArguments exists: TrainingArguments' own __post_init__ already sets the device up
     # from use_cpu and the mixed precision from bf16 (HfArgumentParser.parse_args_into_dataclasses, in two steps)

@@ -1,5 +1,5 @@
 """Trainer callbacks of the pretraining app: printed progress, the JSONL training log, generation samples, the
-curves, and a clean stop on SIGTERM.
+curves (the stop on a signal is `signals.StopOnSignal`).
 
 Each callback does one thing and computes no metric (the trainer computes every logged value, `trainer.py`), so
 their order does not matter; `run_pretrain.build_trainer` wires them to the Trainer. Files are written by the main
@@ -8,7 +8,6 @@ once across resumes.
 """
 
 import os
-import signal
 
 import torch
 import transformers
@@ -69,6 +68,15 @@ def progress_line(state, logs) -> str | None:
         return (f"step {state.global_step}/{state.max_steps} | eval_loss {row[EVAL_LOSS]:.4f} | "
                 f"perplexity {row[PERPLEXITY]:.2f}{scores}")
     return None
+
+
+class LogTheLastStep(TrainerCallback):
+    """The last step always gets its training row, so that a run shorter than one logging window is logged too (the
+    Trainer logs only every logging_steps)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
 
 
 class ProgressBarCallback(transformers.trainer_callback.ProgressCallback):
@@ -142,40 +150,3 @@ class CurvesCallback(TrainerCallback):
     def draw(args, state):
         if state.is_world_process_zero and os.path.exists(os.path.join(args.output_dir, TRAINING_LOG)):
             plot_training_log(args.output_dir)
-
-
-class SigtermCallback(TrainerCallback):
-    """On SIGTERM (preemption), finish the current optimizer step, save a checkpoint and stop.
-
-    With several processes the signal may reach only one of them (a preempted node, a scheduler that signals one
-    process): the flag is shared at every step end by one tiny all-reduce, so that every rank stops after the same
-    step and takes part in the same checkpoint. A rank that stopped alone would wait in the checkpoint's barrier
-    while the others wait in the next step's gradient all-reduce: a hang.
-
-    transformers' `enable_jit_checkpoint` is not used: it saves before the optimizer step of a batch
-    already taken from the data stream (and only after a fixed 3 s wait), so a resume would skip that
-    batch. Saving at the step boundary keeps the resume exact.
-    """
-
-    def __init__(self):
-        self.received = False
-        self._previous = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if args.world_size > 1:
-            flag = torch.tensor([float(self.received)], device=args.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            self.received = bool(flag.item())
-        if self.received:
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 
-import torch
 from safetensors import safe_open
 from transformers.trainer_utils import sort_checkpoints
 
@@ -117,24 +116,14 @@ def rotate_checkpoints(output_dir: str, save_total_limit: int | None, keep: str 
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def choose_resume_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint PATH` if given (it must be complete), else the newest complete checkpoint.
-
-    Decided once, on the main process, and sent to the others: ranks that looked for themselves could find the
-    folder in different states (a save or a deletion in progress) and resume from different steps. An error is
-    sent too, so that every rank stops with it instead of waiting for the main one.
-    """
-    choice = [None, None]  # (checkpoint, error)
-    if training_args.process_index == 0:
-        try:
-            choice[0] = training_args.resume_from_checkpoint or newest_valid_checkpoint(training_args.output_dir)
-            problem = choice[0] and checkpoint_problem(choice[0])
-            if problem:
-                choice = [None, f"cannot resume from {choice[0]}: {problem}"]
-        except OSError as err:
-            choice = [None, f"cannot read output_dir {training_args.output_dir}: {err}"]
-    if training_args.world_size > 1:
-        torch.distributed.broadcast_object_list(choice, src=0)
-    if choice[1]:
-        raise ArgumentError(choice[1])
-    return choice[0]
+def find_resume_checkpoint(output_dir: str, resume_from: str | None) -> str | None:
+    """`--resume_from_checkpoint PATH` if given (it must be complete), else the newest complete checkpoint of
+    `output_dir` (None: start from step 0)."""
+    try:
+        checkpoint = resume_from or newest_valid_checkpoint(output_dir)
+    except OSError as err:
+        raise ArgumentError(f"cannot read output_dir {output_dir}: {err}") from None
+    problem = checkpoint and checkpoint_problem(checkpoint)
+    if problem:
+        raise ArgumentError(f"cannot resume from {checkpoint}: {problem}")
+    return checkpoint

@@ -74,8 +74,8 @@ def from_hub_or_local(load, name: str, what: str, hint: str = "", **kwargs):
             raise ArgumentError(f"cannot load {what}: {missing_folder}")
         try:
             return load(name, **kwargs)
-        except (OSError, ValueError) as err:
-            raise ArgumentError(f"cannot load {what} from {name}: {str(err).splitlines()[0]}") from err
+        except (OSError, ValueError) as err:  # the whole message: some (the tokenizer's) run over several lines
+            raise ArgumentError(f"cannot load {what} from {name}: {' '.join(str(err).split())}") from err
     try:
         return load(name, **kwargs)
     except (OSError, ValueError) as err:

@@ -38,6 +38,10 @@ def truncate_jsonl(path: str, last_step: int) -> None:
         return
     kept = [row for row in read_jsonl(path) if row.get("step", 0) <= last_step]
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in kept)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in kept)
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk) leaves no partial copy for the next run to trip on
+        if os.path.exists(tmp):
+            os.remove(tmp)

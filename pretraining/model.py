@@ -20,8 +20,11 @@ BUNDLED_TOKENIZER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 
 
 def load_tokenizer(model_args: ModelArguments):
+    """The tokenizer; from the GGUF file when it names the folder that --gguf_file is in (a GGUF holds one)."""
+    gguf = model_args.gguf_file if model_args.tokenizer_name == model_args.model_name_or_path else None
     return from_hub_or_local(AutoTokenizer.from_pretrained, model_args.tokenizer_name, "tokenizer",
-                             hint=f"offline, the SmolLM2 tokenizer is --tokenizer_name {BUNDLED_TOKENIZER}")
+                             hint=f"offline, the SmolLM2 tokenizer is --tokenizer_name {BUNDLED_TOKENIZER}",
+                             **({"gguf_file": gguf} if gguf else {}))
 
 
 def apply_overrides(config: SmolLM2Config, overrides: str) -> SmolLM2Config:

@@ -14,7 +14,8 @@ from pretraining.curves import plot_training_log, read_training_log
 from pretraining.hub import is_path
 from pretraining.jsonl import read_jsonl
 from pretraining.log_fields import DATA_STAGE, STAGE_TOKENS_BY_SOURCE, TOKENS_BY_SOURCE, score_keys, source_loss_keys
-from pretraining.run_files import CURVES_PNG, MODEL_CARD, RUN_EXPORTS, SAMPLES_LOG
+from pretraining.run_files import CURVES_PNG, MODEL_CARD, RUN_EXPORTS, SAMPLES_LOG, TRAINING_LOG
+from pretraining.run_folder import changes
 
 MAX_SAMPLES = 3
 TAGS = ["smollm2", "text-generation", "pretraining"]
@@ -165,14 +166,22 @@ def write_model_card(output_dir: str, *, model_config, num_parameters: int, data
     metadata = ModelCardData(license=license, library_name="transformers", pipeline_tag="text-generation",
                              tags=TAGS, datasets=datasets or None, base_model=base_model, metrics=metrics)
     path = os.path.join(output_dir, MODEL_CARD)
-    ModelCard(f"---\n{metadata.to_yaml()}\n---\n" + "\n".join(lines)).save(path)
+    tmp = path + ".tmp"  # written beside and swapped in: a failed write leaves the card there was
+    try:
+        ModelCard(f"---\n{metadata.to_yaml()}\n---\n" + "\n".join(lines)).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
-def write_report(model, model_args, data_args, training_args) -> str:
-    """The final training curves and the model card (README.md) beside the saved model; returns the card's path."""
+def write_report(model, model_args, data_args, training_args, record: dict | None = None) -> str:
+    """The final training curves and the model card (README.md) beside the saved model; returns the card's path.
+    `record`: the run's identity record (run_folder.py), whose segments list what changed on resume."""
     output_dir = training_args.output_dir
-    plot_training_log(output_dir)
+    if os.path.isfile(os.path.join(output_dir, TRAINING_LOG)):
+        plot_training_log(output_dir)
     source = (f"local files: {data_args.train_file}" if data_args.train_file
               else f"`{data_args.dataset_name}` ({data_args.dataset_config_name}), streamed")
     hub_datasets = None if data_args.train_file else [data_args.dataset_name]
@@ -192,6 +201,10 @@ def write_report(model, model_args, data_args, training_args) -> str:
     if training_args.lr_scheduler_kwargs:  # warmup_stable_decay's decay (num_decay_steps, decay_type ...)
         recipe.update({f"lr_scheduler {key}": value for key, value in training_args.lr_scheduler_kwargs.items()})
     recipe.update(block_size=data_args.block_size, world_size=training_args.world_size)
+    for segment in (record or {}).get("segments", [])[1:]:  # what --allow_changes took on a resume
+        earlier = record["segments"][record["segments"].index(segment) - 1]["identity"]
+        for part, items in changes(earlier, segment["identity"]).items():
+            recipe[f"changed from step {segment['from_step']}: {part}"] = "; ".join(items)
     return write_model_card(output_dir, model_config=model.config, num_parameters=model.num_parameters(),
                             data_description=f"{source}; documents tokenized with EOS between them and packed into "
                                              f"{data_args.block_size}-token sequences.",

@@ -7,9 +7,12 @@
         README.md               MODEL_CARD       the model card
         checkpoint-N/           (the Trainer's)  each with
             data_state_rank{R}.pt   data_state_file(R)   rank R's position in the data stream
+            log_window_rank{R}.json log_window_file(R)   rank R's loss and timings since the last training row
             checkpoint_manifest.json  MANIFEST   written last: the checkpoint is complete
         export-llama/, model-f16.gguf   RUN_EXPORTS   --export_formats
         trainer_state.json      TRAINER_STATE    written last by the final save: the run is finished
+        run_identity.json       RUN_IDENTITY     what defines the run (also in every checkpoint): run_folder.py
+        .run.lock               LOCK             held for the run's life: run_folder.py
 
 The model's own files (config.json, model.safetensors, the tokenizer's, the remote code) are named by transformers.
 """
@@ -20,6 +23,8 @@ CURVES_PNG = "training_curves.png"
 MODEL_CARD = "README.md"
 MANIFEST = "checkpoint_manifest.json"
 TRAINER_STATE = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME, without importing the Trainer
+RUN_IDENTITY = "run_identity.json"
+LOCK = ".run.lock"
 # what --export_formats writes beside the final model (OUTPUT_DIR/<name>)
 RUN_EXPORTS = {"llama": "export-llama", "gguf": "model-f16.gguf"}
 
@@ -27,3 +32,8 @@ RUN_EXPORTS = {"llama": "export-llama", "gguf": "model-f16.gguf"}
 def data_state_file(rank: int) -> str:
     """Rank `rank`'s data position in a checkpoint (its DataLoader's state)."""
     return f"data_state_rank{rank}.pt"
+
+
+def log_window_file(rank: int) -> str:
+    """Rank `rank`'s logging window in a checkpoint: what the next training row averages over."""
+    return f"log_window_rank{rank}.json"

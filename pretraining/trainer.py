@@ -18,9 +18,12 @@ Private Trainer methods are overridden (`_save_checkpoint`, `_get_grad_norm`, `_
 `_issue_warnings_after_load`, `_tr_loss`): requirements.txt bounds transformers below its next major version.
 """
 
+import json
 import math
 import os
+import shutil
 import time
+from functools import partial
 
 import torch
 from accelerate.data_loader import prepare_data_loader
@@ -28,14 +31,23 @@ from datasets import concatenate_datasets
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
-from pretraining.checkpoints import remove_manifest, rotate_checkpoints, write_manifest
-from pretraining.data import loader_source_token_counts, loader_stage_token_counts
-from pretraining.errors import NonFiniteLossError
+from pretraining.checkpoints import newest_valid_checkpoint, remove_manifest, rotate_checkpoints, write_manifest
+from pretraining.data import loader_source_token_counts, loader_stage_token_counts, stream_states
+from pretraining.errors import NonFiniteLossError, SaveError, free_space
 from pretraining.eval_tasks import TaskSuite
 from pretraining.log_fields import (DATA_STAGE, EVAL_LOSS, EVAL_PREFIX, LOG_FIELDS, PERPLEXITY, STAGE_TOKENS_BY_SOURCE,
                                    TOKENS_BY_SOURCE)
-from pretraining.run_files import data_state_file
+from pretraining.run_files import RUN_IDENTITY, data_state_file, log_window_file
+from pretraining.signals import ignore_stop_signals
 from pretraining.throughput import StepMeter
+
+
+def seed_and_ignore_stop_signals(worker_init_fn, worker_id: int) -> None:
+    """An evaluation DataLoader worker's start: the Trainer's `worker_init_fn` (its seeding, or None), then
+    `ignore_stop_signals`. A module-level function in a partial: spawned workers pickle it."""
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
+    ignore_stop_signals()
 
 
 def perplexity(loss: float) -> float:
@@ -44,23 +56,60 @@ def perplexity(loss: float) -> float:
 
 class PretrainingTrainer(Trainer):
     def __init__(self, *args, step_meter: StepMeter, max_nonfinite_steps: int, source_names: list[str] | None = None,
-                 stage_starts: list[int] | None = None, task_suite: TaskSuite | None = None, **kwargs):
+                 stage_starts: list[int] | None = None, task_suite: TaskSuite | None = None,
+                 resume_changes: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.step_meter = step_meter  # times the steps that this class fetches batches for
         self.max_nonfinite_steps = max_nonfinite_steps
         self.source_names = source_names or []  # a mixture's sources, in the packer's order
         self.stage_starts = stage_starts or [0]  # the steps at which the data stages start (one stage: [0])
         self.task_suite = task_suite  # --eval_tasks, scored at every evaluation
+        self.resume_changes = set(resume_changes)  # what --allow_changes took on this resume (run_folder.py)
         self.resume_from = None  # the checkpoint given to train(): it also holds each rank's data position
         self.nonfinite_in_a_row = 0
         self.skipped_since_log = 0
         self.data_pass = 0  # the latest pass over the training data that a batch came from (1 for the first)
         self.eval_sources = None  # during a mixture's evaluation: source name -> its blocks
         self._timed_optimizer = None
-
+        self.resumed_window = None  # a resumed checkpoint's logging window, restored at the first step
     def train(self, resume_from_checkpoint=None, **kwargs):
         self.resume_from = resume_from_checkpoint
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self.resumed_window = None
+        if resume_from_checkpoint is not None:
+            path = os.path.join(resume_from_checkpoint, log_window_file(self.args.process_index))
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    self.resumed_window = json.load(f)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            self.stop_data_workers()
+
+    def stop_data_workers(self) -> None:
+        """Shut the training DataLoader's workers down now that training is over. torchdata's loader keeps its
+        iterator (and so its workers) for state_dict; left for the interpreter's exit, the workers would get
+        multiprocessing's terminate(), a SIGTERM, which they ignore (signals.ignore_stop_signals): a hang. Dropping
+        the iterator (torch's `_iterator`) shuts them down at once."""
+        loader = getattr(self.callback_handler, "train_dataloader", None)
+        loader = getattr(loader, "base_dataloader", loader)  # accelerate's wrapper around torchdata's loader
+        if getattr(loader, "_iterator", None) is not None:
+            loader._iterator = None
+
+    def log_window(self) -> dict:
+        """What the next training row averages over (the steps since the last row): saved in every checkpoint, so
+        that the first row after a resume is the uninterrupted run's."""
+        meter = self.step_meter
+        return {"loss_sum": float(self._tr_loss), "last_logged_step": self._globalstep_last_logged,
+                "skipped": self.skipped_since_log, "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "meter": {"steps": meter.steps, "seconds": meter.seconds, "data_wait": meter.data_wait}}
+
+    def restore_log_window(self, window: dict) -> None:
+        self._tr_loss += window["loss_sum"]
+        self._globalstep_last_logged = window["last_logged_step"]
+        self.skipped_since_log, self.nonfinite_in_a_row = window["skipped"], window["nonfinite_in_a_row"]
+        meter = self.step_meter
+        meter.steps, meter.seconds, meter.data_wait = (window["meter"][key] for key in ("steps", "seconds",
+                                                                                       "data_wait"))
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
@@ -84,14 +133,23 @@ class PretrainingTrainer(Trainer):
             self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator, num_workers=workers,
             pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+            worker_init_fn=ignore_stop_signals,  # the main process decides when to stop
         )
         # dispatch_batches=False: left to its default, rank 0 would read for everyone and send batches out
         dataloader = prepare_data_loader(loader, args.device, num_processes=1, process_index=0, put_on_device=True,
                                          dispatch_batches=False, non_blocking=self.accelerator.non_blocking,
                                          use_stateful_dataloader=True)
-        if self.resume_from is not None:
+        if self.resume_from is not None and "data" not in self.resume_changes:  # new data starts afresh
+            # the streams' states, not torchdata's whole state: that one only loads with the worker count it was
+            # saved with, while the streams go on under any (data/packing.py)
             path = os.path.join(self.resume_from, data_state_file(args.process_index))
-            dataloader.load_state_dict(torch.load(path, weights_only=True))
+            self.train_dataset.resume_streams(stream_states(torch.load(path, weights_only=True)))
+        return dataloader
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        dataloader = super().get_eval_dataloader(eval_dataset)
+        if self.args.dataloader_num_workers > 0:  # a signal mid-evaluation must not kill its workers either
+            dataloader.worker_init_fn = partial(seed_and_ignore_stop_signals, dataloader.worker_init_fn)
         return dataloader
 
     def create_model_card(self, *args, **kwargs):
@@ -99,6 +157,16 @@ class PretrainingTrainer(Trainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
+        if "schedule" in self.resume_changes and checkpoint is not None:
+            # --allow_changes schedule: the checkpoint's optimizer keeps its moments, with this command's settings
+            decay = set(self.get_decay_parameter_names(self.model))
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            for group in self.optimizer.param_groups:
+                in_decay = any(names.get(id(p)) in decay for p in group["params"])
+                group.update(weight_decay=self.args.weight_decay if in_decay else 0.0,
+                             betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
+            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+                self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(self.lr_scheduler.base_lrs)
         # The saved learning rate is the saved schedule's value for the next step. When max_steps grew
         # (the recipe's +50 extension) that is the old schedule's final 0: take the new schedule's value,
         # so step N+1 trains too. With an unchanged max_steps both are the same number.
@@ -118,6 +186,9 @@ class PretrainingTrainer(Trainer):
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if self.resumed_window is not None:  # the first step after a resume: the Trainer has just set its window up
+            self.restore_log_window(self.resumed_window)
+            self.resumed_window = None
         start = time.perf_counter()
         batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         self.step_meter.fetched(start, time.perf_counter())
@@ -228,9 +299,24 @@ class PretrainingTrainer(Trainer):
         return output
 
     def _save_checkpoint(self, model, trial):
+        checkpoint = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        try:
+            self._write_checkpoint(model, trial, checkpoint)
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError ("unexpected pos")
+            # an unfinished checkpoint is never resumed from (no manifest), but it must not fill the disk either
+            if self.args.should_save:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0]}" if isinstance(err, RuntimeError) else (
+                err.strerror or str(err))
+            newest = newest_valid_checkpoint(self._get_output_dir(trial), warn=lambda message: None)
+            kept = (f"the newest complete checkpoint, {os.path.basename(newest)}, is intact" if newest
+                    else "no checkpoint is complete yet")
+            raise SaveError(f"cannot save {checkpoint}: {reason} ({free_space(checkpoint)} free on that disk); {kept}: "
+                            "make room and run the same command to resume") from err
+
+    def _write_checkpoint(self, model, trial, checkpoint: str) -> None:
         # rotate (among complete checkpoints) only once the new one is complete, so that a crash mid-save
         # can never leave fewer valid checkpoints than save_total_limit promises
-        checkpoint = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
         if self.args.should_save:
             # saving over an older checkpoint of the same step: it stops counting as complete right away
             remove_manifest(checkpoint)
@@ -243,7 +329,12 @@ class PretrainingTrainer(Trainer):
         dataloader = self.callback_handler.train_dataloader
         os.makedirs(checkpoint, exist_ok=True)
         torch.save(dataloader.state_dict(), os.path.join(checkpoint, data_state_file(self.args.process_index)))
+        with open(os.path.join(checkpoint, log_window_file(self.args.process_index)), "w", encoding="utf-8") as f:
+            json.dump(self.log_window(), f)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            # the run's identity as of this checkpoint: what a resume from it is compared against
+            shutil.copyfile(os.path.join(self._get_output_dir(trial), RUN_IDENTITY),
+                            os.path.join(checkpoint, RUN_IDENTITY))
             write_manifest(checkpoint)
             rotate_checkpoints(self._get_output_dir(trial), limit, keep=self.state.best_model_checkpoint)

@@ -71,9 +71,11 @@ def tiny_run(corpus, tmp_path_factory):
 
 @pytest.fixture
 def existing_output(tmp_path):
-    """An output_dir with a checkpoint and a log in it, for the tests that check a refused run changes nothing."""
+    """A run's output_dir (its identity record, a checkpoint and a log), for the tests that check a refused run
+    changes nothing."""
     output_dir = tmp_path / "out"
     (output_dir / "checkpoint-7").mkdir(parents=True)
+    (output_dir / "run_identity.json").write_text('{"segments": []}')
     (output_dir / "checkpoint-7" / "trainer_state.json").write_text('{"global_step": 7}')
     (output_dir / "training_log.jsonl").write_text('{"type": "train", "step": 1, "loss": 1.0}\n')
     return str(output_dir)

@@ -40,7 +40,7 @@ def data_args(**kwargs):
     return DataArguments(**values)
 
 
-def packed(files, tokenizer, block_size=64, passes=1, shuffle=None):
+def packed(files, tokenizer, block_size=64, passes=1, shuffle=None, streams=1, blocks_per_batch=1):
     """The packer over local `files` (no hold-out, no rank split; in file order unless `shuffle`)."""
     from pretraining.data.pipeline import single_source_packer
     from pretraining.data.reading import NO_SHUFFLE
@@ -48,19 +48,18 @@ def packed(files, tokenizer, block_size=64, passes=1, shuffle=None):
     from pretraining.data.tokenize import tokenize_stream
 
     return single_source_packer(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"), block_size,
-                                shuffle or NO_SHUFFLE, tokenizer, passes=passes)
+                                shuffle or NO_SHUFFLE, tokenizer, passes=passes, streams=streams,
+                                blocks_per_batch=blocks_per_batch)
 
 
-def documents_read(packer, workers=1) -> list[list[list[int]]]:
-    """Every document each source's readers give in one pass, as token id lists, the DataLoader workers' parts
-    together (in worker order)."""
-    mixer = packer.mixer
-    active = min(workers, mixer.num_shards)
-    read = [[] for _ in mixer.readers]
-    for worker in range(active):
-        mixer.reset()
-        mixer.bind(worker, active)
-        for source, reader in enumerate(mixer.readers):
+def documents_read(packer) -> list[list[list[int]]]:
+    """Every document each source's readers give in one pass, as token id lists, the streams' parts together (in
+    stream order)."""
+    read = [[] for _ in packer.mixer.readers]
+    for stream in packer.streams:
+        stream.mixer.reset()
+        stream.mixer.bind(stream.index, stream.count)
+        for source, reader in enumerate(stream.mixer.readers):
             reader.start_pass()
             while (document := reader.next_document()) is not None:
                 read[source].append(document.tolist())
@@ -122,9 +121,12 @@ def without_train_file(argv: list[str]) -> list[str]:
 
 
 def with_flag(argv: list[str], flag: str, value) -> list[str]:
-    """`argv` with `--flag`'s value replaced."""
+    """`argv` with `--flag` set to `value` (replaced, or added)."""
     argv = list(argv)
-    argv[argv.index(f"--{flag}") + 1] = str(value)
+    if f"--{flag}" in argv:
+        argv[argv.index(f"--{flag}") + 1] = str(value)
+    else:
+        argv += [f"--{flag}", str(value)]
     return argv
 
 

@@ -14,8 +14,9 @@ then packed into `block_size` samples with no padding, resumable in O(1). One jo
 
 from pretraining.data.arguments import DataArguments
 from pretraining.data.collate import collate_blocks
-from pretraining.data.packing import PackedDataset, loader_source_token_counts, loader_stage_token_counts
+from pretraining.data.packing import (PackedDataset, loader_source_token_counts, loader_stage_token_counts,
+                                      stream_states)
 from pretraining.data.pipeline import TrainingData, build_datasets
 
 __all__ = ["DataArguments", "PackedDataset", "TrainingData", "build_datasets", "collate_blocks",
-           "loader_source_token_counts", "loader_stage_token_counts"]
+           "loader_source_token_counts", "loader_stage_token_counts", "stream_states"]

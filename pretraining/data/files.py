@@ -64,6 +64,7 @@ def check_contents(path: str, builder: str, text_column: str) -> None:
         if parquet.metadata.num_rows == 0:
             raise DataError(f"data file has no rows: {path}")
         check_columns(path, parquet.schema_arrow.names, text_column)
+        check_parquet_text(path, parquet, text_column)
     elif builder == "csv":
         import csv
 
@@ -97,6 +98,7 @@ def check_json_file(path: str, text_column: str, limit: int | None = CHECKED_REC
             if not isinstance(record, dict):
                 raise DataError(f"invalid JSON in {path} at {where} {number}: expected an object, got {type(record).__name__}")
             check_columns(f"{path} {where} {number}", list(record), text_column)
+            check_text(f"{path} {where} {number}", record[text_column], text_column)
             count += 1
     if count == 0:
         raise DataError(f"data file has no records: {path}")
@@ -117,13 +119,64 @@ def check_columns(where: str, columns: list[str], text_column: str) -> None:
         raise DataError(f"text column {text_column!r} not found in {where} (columns: {', '.join(map(str, columns)) or 'none'})")
 
 
+def check_text(where: str, value, text_column: str) -> None:
+    """A document's text must be a string (an empty one is skipped, see tokenize.py)."""
+    if not isinstance(value, str):
+        kind = ("null" if value is None else "a boolean" if isinstance(value, bool)
+                else "a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}")
+        raise DataError(f"{where}: the text column {text_column!r} holds {kind}, not a string")
+
+
+def check_parquet_text(path: str, parquet, text_column: str) -> None:
+    """The text column's type, and its nulls from each row group's statistics (metadata only: the whole file is
+    checked without reading it); a row group without statistics is checked when training reads it."""
+    import pyarrow as pa
+
+    field = parquet.schema_arrow.field(text_column)
+    if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+        raise DataError(f"{path}: the text column {text_column!r} holds {field.type} values, not strings")
+    column = parquet.schema_arrow.get_field_index(text_column)
+    for group in range(parquet.metadata.num_row_groups):
+        statistics = parquet.metadata.row_group(group).column(column).statistics
+        if statistics is not None and statistics.has_null_count and statistics.null_count:
+            raise DataError(f"{path} row group {group}: the text column {text_column!r} holds "
+                            f"{statistics.null_count} null(s), not strings")
+
+
+def find_bad_parquet_row(path: str, text_column: str) -> None:
+    """Raises the DataError naming the first row (and row group) whose text is not a string."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    for group in range(parquet.metadata.num_row_groups):
+        for row, value in enumerate(parquet.read_row_group(group, columns=[text_column]).column(0).to_pylist()):
+            check_text(f"{path} row group {group} row {row}", value, text_column)
+
+
+def find_bad_csv_row(path: str, text_column: str) -> None:
+    """Raises the DataError naming the first line whose text is empty (read as null) or missing."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+            check_text(f"{path} line {number}", row.get(text_column) or None, text_column)
+
+
 def bad_record(files: list[str], text_column: str, error: Exception) -> DataError:
-    """The error for a record that `datasets` could not read mid-training: the file and line when a full check of
-    the JSON files finds it (paid only when reading failed), else the reader's own message."""
+    """The error for a record that could not be read or tokenized mid-training: the file and line (row group and
+    row for parquet) when a full check of the files finds it (paid only when reading failed), else the reader's
+    own message."""
+    finders = {"json": lambda path, column: check_json_file(path, column, limit=None), "parquet": find_bad_parquet_row,
+               "csv": find_bad_csv_row}
     for path in files:
-        if builder_for(path) == "json":
-            try:
-                check_json_file(path, text_column, limit=None)
-            except DataError as found:
-                return found
-    return DataError(f"cannot read the training data ({', '.join(files)}): {str(error).splitlines()[0]}")
+        try:
+            finders.get(builder_for(path), lambda *_: None)(path, text_column)
+        except DataError as found:
+            return found
+    return unreadable(", ".join(files), error)
+
+
+def unreadable(source: str, error: Exception) -> DataError:
+    """The error for a document of `source` (a Hub dataset, or files whose full check found nothing) that could not
+    be read or tokenized."""
+    return DataError(f"cannot read a document of the training data ({source}): {str(error).splitlines()[0]}")

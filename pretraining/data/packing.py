@@ -55,25 +55,28 @@ class PackerPosition:
     offset: int  # tokens before it were yielded
 
 
-class PackedDataset(torch.utils.data.IterableDataset):
-    """Concatenates the mixer's documents and cuts them into `block_size` samples, pass after pass.
+class BlockStream:
+    """One stream of blocks: the mixer's documents concatenated and cut into `block_size` samples, pass after pass.
 
     Pads nothing and drops only each pass's last partial block: a new pass starts with no leftover tokens, at its
     first document, so that a resumed run cuts the same blocks as an uninterrupted one. With `passes=None` (the
-    training set) the stream never ends. The Trainer reads it for `max_steps`, and ranks or DataLoader workers whose
-    parts hold different numbers of tokens each start their next pass on their own, so none runs dry while the
-    others wait for it in a collective. DataLoader workers share the sources' shards out between them; a worker
-    that some source has no shard for takes no part (as `datasets` stops such workers).
+    training set) the stream never ends. The Trainer reads it for `max_steps`, and ranks or streams whose parts hold
+    different numbers of tokens each start their next pass on their own, so none runs dry while the others wait for
+    it in a collective.
 
-    Samples are `input_ids`, `labels` (the same tensor: the model shifts them) and `data_pass`, 1 for the first
-    pass. The state counts, per source, the tokens of every sample yielded so far (`tokens_by_source`; a block can
-    span sources), and with data stages per stage too: saved with the data position, exact across resumes.
-    `document_masking`: samples also get `position_ids` restarting after each `eos_token_id`, and the first token of
-    each document is not a prediction target (its context would be the previous document, which it cannot see).
+    A rank's data is `count` such streams (`index` is this one's), each with its own shards of every source; the
+    DataLoader takes batches from them in turn, so this stream's j-th batch is the rank's (j * count + index)-th,
+    which tells its step, hence its data stage. Samples are `input_ids`, `labels` (the same tensor: the model shifts
+    them) and `data_pass`, 1 for the first pass. The state counts, per source, the tokens of every sample yielded so
+    far (`tokens_by_source`; a block can span sources), and with data stages per stage too: saved with the data
+    position, exact across resumes. `document_masking`: samples also get `position_ids` restarting after each
+    `eos_token_id`, and the first token of each document is not a prediction target (its context would be the
+    previous document, which it cannot see).
     """
 
     def __init__(self, mixer: TokenShareMixer, block_size: int, passes: int | None = None,
-                 stages: StageSchedule | None = None, document_masking: bool = False, eos_token_id: int | None = None):
+                 stages: StageSchedule | None = None, document_masking: bool = False, eos_token_id: int | None = None,
+                 index: int = 0, count: int = 1):
         if document_masking and eos_token_id is None:
             raise ValueError("document_masking needs the eos_token_id that separates the documents")
         self.mixer = mixer
@@ -82,12 +85,13 @@ class PackedDataset(torch.utils.data.IterableDataset):
         self.stages = stages
         self.document_masking = document_masking
         self.eos_token_id = eos_token_id
+        self.index, self.count = index, count
         self.loaded_state = None  # where the next iteration starts; None: at the beginning
         self._reset_counts()
         self.started = False  # a pass has begun (a state from before it means the beginning)
         self.pass_index = 0
         self.position = PackerPosition(NO_TOKENS, NO_TOKENS, 0)
-        self.worker, self.active_workers, self.blocks = 0, 1, 0
+        self.blocks = 0
 
     def _reset_counts(self) -> None:
         sources, stages = len(self.mixer.readers), len(self.stages.starts) if self.stages else 1
@@ -95,21 +99,14 @@ class PackedDataset(torch.utils.data.IterableDataset):
         self.stage_token_counts = [[0] * sources for _ in range(stages)]
 
     def stage_of_block(self, block: int) -> int:
-        """The stage of this worker's `block`-th block since step 0 (the DataLoader takes batches from its active
-        workers in turn)."""
+        """The stage of this stream's `block`-th block since step 0."""
         if self.stages is None:
             return 0
-        batch = (block // self.stages.blocks_per_batch) * self.active_workers + self.worker
+        batch = (block // self.stages.blocks_per_batch) * self.count + self.index
         return self.stages.stage_of_step(batch // self.stages.batches_per_step)
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        active = min(workers, self.mixer.num_shards)
-        if worker >= active:
-            return  # a DataLoader worker with no shard of some source
-        self.mixer.bind(worker, active)
-        self.worker, self.active_workers = worker, active
+        self.mixer.bind(self.index, self.count)
         state = self.loaded_state
         resuming = state is not None and state["started"]
         if resuming:
@@ -132,7 +129,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
             yield from self._pack_pass(leftover, leftover_sources, counts)
             if not resuming and counts["blocks"] == 0 and self.passes is None:  # else it would never end
                 if counts["documents"] == 0:
-                    return  # nothing to read in this worker's part
+                    return  # nothing to read in this stream's part
                 raise DataError(f"a whole pass over the training data ({counts['documents']} documents) holds fewer "
                                 f"than block_size={self.block_size} tokens: use more data or a smaller --block_size")
             self.pass_index += 1
@@ -187,7 +184,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
         return {
             "started": self.started,
             "pass": self.pass_index,
-            "blocks": self.blocks,  # yielded by this worker since step 0: the step, hence the stage, of the next
+            "blocks": self.blocks,  # yielded by this stream since step 0: the step, hence the stage, of the next
             "mixer": self.mixer.state_dict(),
             "leftover": torch.from_numpy(position.tokens[position.offset:].copy()),
             "leftover_sources": torch.from_numpy(position.token_sources[position.offset:].copy()),
@@ -196,12 +193,110 @@ class PackedDataset(torch.utils.data.IterableDataset):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if "mixer" not in state:
-            raise DataError("the checkpoint's data position was written by an earlier version of this app, which "
-                            "read the data in another way: resume it with that version, or start a new --output_dir")
         self.loaded_state = state
         self.source_token_counts = [int(count) for count in state["tokens_by_source"]]
         self.stage_token_counts = [[int(count) for count in stage] for stage in state["tokens_by_stage"]]
+
+
+def hosting_workers(streams: int, workers: int) -> int:
+    """The DataLoader workers that host `streams` streams: the most, up to `workers` (0: the main process alone), that
+    share them out evenly (each hosts streams // hosting of them), so that taking batches from the workers in turn
+    takes them from the streams in turn."""
+    return max(count for count in range(1, max(1, workers) + 1) if streams % count == 0)
+
+
+class PackedDataset(torch.utils.data.IterableDataset):
+    """A rank's training (or evaluation) blocks: its `BlockStream`s, shared out between the DataLoader workers.
+
+    The number of streams is the run's, fixed at its first start (one per DataLoader worker then), so that a resumed
+    run may have any number of workers: each hosting worker takes every hosting-th stream and gives batches of
+    `blocks_per_batch` blocks from them in turn, and the batches reach the Trainer in the streams' order whatever the
+    worker count (`hosting_workers`; a worker beyond those takes no part). The state is the hosted streams' states
+    and whose turn it is; `resume_streams` restores every stream from a checkpoint taken with another worker count.
+    """
+
+    def __init__(self, streams: list[BlockStream], blocks_per_batch: int = 1):
+        self.streams = streams
+        self.blocks_per_batch = blocks_per_batch
+        self.loaded_state = None
+        self.offset = 0  # the stream whose batch comes first (a resumed rank's next)
+        self.hosted, self.turn = list(range(len(streams))), 0
+
+    @property
+    def mixer(self) -> TokenShareMixer:
+        """The first stream's mixer (all a rank with one stream has)."""
+        return self.streams[0].mixer
+
+    @property
+    def passes(self) -> int | None:
+        return self.streams[0].passes
+
+    @passes.setter
+    def passes(self, value: int | None) -> None:
+        for stream in self.streams:
+            stream.passes = value
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (0, 0)
+        count = len(self.streams)
+        hosting = hosting_workers(count, workers)
+        if worker >= hosting:
+            return  # a DataLoader worker beyond those that share the streams out evenly
+        self.hosted = [(self.offset + worker + i * hosting) % count for i in range(count // hosting)]
+        self.turn = 0
+        if self.loaded_state is not None:
+            self.turn = self.loaded_state["turn"]
+            for index, state in self.loaded_state["streams"].items():
+                self.streams[int(index)].load_state_dict(state)
+        iterators = {index: iter(self.streams[index]) for index in self.hosted}
+        while iterators:
+            index = self.hosted[self.turn % len(self.hosted)]
+            self.turn += 1
+            # one stream hosted: its blocks as they come; several: a batch of each in turn
+            for _ in range(self.blocks_per_batch if len(self.hosted) > 1 else 1):
+                sample = next(iterators.get(index, iter(())), None)
+                if sample is None:  # a finished stream (passes=1): the others go on
+                    iterators.pop(index, None)
+                    break
+                yield sample
+
+    def state_dict(self) -> dict:
+        return {"streams": {str(index): self.streams[index].state_dict() for index in self.hosted},
+                "turn": self.turn % len(self.hosted)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """torchdata's resume, with the worker count the state was saved with."""
+        if "streams" not in state:
+            raise DataError("the checkpoint's data position was written by an earlier version of this app, which "
+                            "read the data in another way: resume it with that version, or start a new --output_dir")
+        self.loaded_state = state
+
+    def resume_streams(self, states: dict[int, dict]) -> None:
+        """Every stream's state (from a checkpoint's workers, whatever their number): the next iteration goes on from
+        them, its first batch from the stream whose turn it is."""
+        for index, state in states.items():
+            self.streams[index].load_state_dict(state)
+        self.loaded_state = None
+        blocks = sum(state["blocks"] for state in states.values())
+        self.offset = (blocks // self.blocks_per_batch) % len(self.streams)
+
+
+def stream_states(loader_state) -> dict[int, dict]:
+    """Every stream's state in a DataLoader's state, wherever torchdata's state nests its workers' (one worker, or
+    several)."""
+    if isinstance(loader_state, dict):
+        if "streams" in loader_state and "turn" in loader_state:
+            return {int(index): state for index, state in loader_state["streams"].items()}
+        children = loader_state.values()
+    elif isinstance(loader_state, (list, tuple)):
+        children = loader_state
+    else:
+        return {}
+    found = {}
+    for child in children:
+        found.update(stream_states(child))
+    return found
 
 
 def packer_counts(loader_state, key: str) -> np.ndarray | None:

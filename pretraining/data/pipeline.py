@@ -8,10 +8,10 @@ from itertools import islice
 from datasets import Dataset, IterableDataset
 
 from pretraining.data.arguments import DataArguments
-from pretraining.data.files import bad_record, expand_files
+from pretraining.data.files import bad_record, expand_files, unreadable
 from pretraining.data.mixing import TokenShareMixer
 from pretraining.data.mixture import DataStage, MixtureSource, stage_sources
-from pretraining.data.packing import PackedDataset, StageSchedule
+from pretraining.data.packing import BlockStream, PackedDataset, StageSchedule
 from pretraining.data.reading import NO_SHUFFLE, Shuffle, SourceReader, token_dtype
 from pretraining.data.sources import load_source, load_text_stream
 from pretraining.data.splits import check_rank_part, hold_out, rank_split
@@ -30,11 +30,23 @@ class TrainingData:
     split_description: str  # how this rank's part of the stream is split from the others' ("whole" for one rank)
 
 
+def packed_streams(make_readers, stage_weights: list[list[float]], block_size: int, streams: int,
+                   blocks_per_batch: int, **kwargs) -> PackedDataset:
+    """`streams` block streams (as many as the scarcest source has shards, at most), each mixing readers of its own
+    (`make_readers()`), as one dataset."""
+    mixers = [TokenShareMixer(make_readers(), stage_weights)]
+    count = min(streams, mixers[0].num_shards)
+    mixers += [TokenShareMixer(make_readers(), stage_weights) for _ in range(1, count)]
+    return PackedDataset([BlockStream(mixer, block_size, index=index, count=count, **kwargs)
+                          for index, mixer in enumerate(mixers)], blocks_per_batch)
+
+
 def single_source_packer(tokenized: IterableDataset, block_size: int, shuffle: Shuffle, tokenizer, read_error=None,
-                         **kwargs) -> PackedDataset:
+                         streams: int = 1, blocks_per_batch: int = 1, **kwargs) -> PackedDataset:
     """A packer over one tokenized stream."""
-    reader = SourceReader(tokenized, 0, shuffle, token_dtype(len(tokenizer)), read_error=read_error)
-    return PackedDataset(TokenShareMixer([reader], [[1.0]]), block_size, eos_token_id=tokenizer.eos_token_id, **kwargs)
+    return packed_streams(lambda: [SourceReader(tokenized, 0, shuffle, token_dtype(len(tokenizer)),
+                                                read_error=read_error)], [[1.0]], block_size, streams,
+                          blocks_per_batch, eos_token_id=tokenizer.eos_token_id, **kwargs)
 
 
 def eval_blocks(stream: IterableDataset | None, tokenizer, data_args: DataArguments, data_name: str) -> Dataset | None:
@@ -53,7 +65,7 @@ def eval_blocks(stream: IterableDataset | None, tokenizer, data_args: DataArgume
 
 
 def build_datasets(data_args: DataArguments, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 42,
-                   blocks_per_batch: int = 1, batches_per_step: int = 1) -> TrainingData:
+                   blocks_per_batch: int = 1, batches_per_step: int = 1, streams: int = 1) -> TrainingData:
     """This rank's training stream and the evaluation data.
 
     Validation is `--validation_file`, else the first `validation_documents` documents of the stream (in file
@@ -61,7 +73,8 @@ def build_datasets(data_args: DataArguments, tokenizer, rank: int = 0, world_siz
     source name -> its blocks. With several processes each rank trains on its own part of the stream
     (`rank_split`; in a mixture, each source's stream on its own). The training stream is shuffled with `seed`
     (`--shuffle_buffer`); data stages switch at the steps that `blocks_per_batch` x `batches_per_step` blocks a step
-    make (per_device_train_batch_size, gradient_accumulation_steps).
+    make (per_device_train_batch_size, gradient_accumulation_steps). `streams`: the rank's block streams (the run's
+    first DataLoader worker count; see packing.PackedDataset).
     """
     shuffle = Shuffle(data_args.shuffle_buffer, data_args.shuffle_shards, seed)
     dtype = token_dtype(len(tokenizer))
@@ -71,9 +84,10 @@ def build_datasets(data_args: DataArguments, tokenizer, rank: int = 0, world_siz
         eval_stream = load_text_stream(expand_files(data_args.validation_file), data_args.text_column,
                                        streaming=data_args.streaming, split="validation")
         evaluation = eval_blocks(eval_stream, tokenizer, data_args, "validation data")
-    packing = {"document_masking": data_args.document_masking}
+    packing = {"document_masking": data_args.document_masking, "streams": streams,
+               "blocks_per_batch": blocks_per_batch}
     if data_args.mixture:
-        readers, held_out, descriptions = [], {}, []
+        tokenized, held_out, descriptions = [], {}, []
         for index, source in enumerate(data_args.mixture):
             stream = load_source(source, data_args.text_column, data_args.streaming)
             if holding_out:
@@ -87,16 +101,18 @@ def build_datasets(data_args: DataArguments, tokenizer, rank: int = 0, world_siz
             stream, description = rank_split(stream, rank, world_size, digest_column=data_args.text_column)
             check_rank_part(stream, rank, world_size, description, f"dataset_mixture source {source.name!r}")
             descriptions.append(f"{source.name}: {description}")
-            read_error = partial(bad_record, source.files, source.text_column) if source.files else None
-            readers.append(SourceReader(tokenize_stream(stream, tokenizer, data_args.text_column), index, shuffle,
-                                        dtype, read_error=read_error))
+            read_error = (partial(bad_record, source.files, source.text_column) if source.files
+                          else partial(unreadable, f"dataset_mixture source {source.name!r}"))
+            tokenized.append((tokenize_stream(stream, tokenizer, data_args.text_column), read_error))
         evaluation = held_out or evaluation
         stages = data_args.stages
         if len(stages) > 1:
             packing["stages"] = StageSchedule(tuple(stage.start_step for stage in stages), blocks_per_batch,
                                               batches_per_step)
-        train = PackedDataset(TokenShareMixer(readers, stage_sources(stages)[1]), data_args.block_size,
-                              eos_token_id=tokenizer.eos_token_id, **packing)
+        train = packed_streams(
+            lambda: [SourceReader(stream, index, shuffle, dtype, read_error=read_error)
+                     for index, (stream, read_error) in enumerate(tokenized)],
+            stage_sources(stages)[1], data_args.block_size, eos_token_id=tokenizer.eos_token_id, **packing)
         split_description = "; ".join(descriptions)
     else:
         train_files = expand_files(data_args.train_file)
@@ -107,7 +123,8 @@ def build_datasets(data_args: DataArguments, tokenizer, rank: int = 0, world_siz
             evaluation = eval_blocks(eval_stream, tokenizer, data_args, "validation data")
         stream, split_description = rank_split(stream, rank, world_size)
         check_rank_part(stream, rank, world_size, split_description, "the training data")
-        read_error = partial(bad_record, train_files, data_args.text_column) if train_files else None
+        read_error = (partial(bad_record, train_files, data_args.text_column) if train_files
+                      else partial(unreadable, f"{data_args.dataset_name} ({data_args.dataset_config_name})"))
         train = single_source_packer(tokenize_stream(stream, tokenizer, data_args.text_column), data_args.block_size,
                                      shuffle, tokenizer, read_error=read_error, **packing)
     return TrainingData(train, evaluation, data_args.mixture, data_args.stages, split_description)

@@ -13,11 +13,13 @@ documents (uint16 token ids where the vocabulary fits) are this reader's state.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 from datasets import IterableDataset
 
+from pretraining.data.files import unreadable
 from pretraining.errors import DataError
 
 
@@ -55,8 +57,8 @@ class SourceReader:
         self.index = index  # the source's index in its mixture (seeds its own order)
         self.shuffle = shuffle
         self.dtype = dtype
-        # exception -> the error to raise when a document cannot be read (e.g. `bad_record`, which names the line)
-        self.read_error = read_error
+        # exception -> the error to raise when a document cannot be read or tokenized (`bad_record` names the line)
+        self.read_error = read_error or partial(unreadable, "the training data")
         self.shards = list(range(tokenized.num_shards))  # this worker's shards (all of them until `bind`)
         self.worker = 0
         self.reset()
@@ -105,8 +107,8 @@ class SourceReader:
                 lane[2] = lane[1].iter(batch_size=1)
             try:
                 batch = next(lane[2], None)
-            except ValueError as err:  # pyarrow's and the JSON reader's parse errors
-                if self.read_error is None or isinstance(err, DataError):
+            except (ValueError, TypeError) as err:  # the readers' parse errors; a text that is no string
+                if isinstance(err, DataError):
                     raise
                 raise self.read_error(err) from err
             if batch is None:  # the shard is read: the next one of the pass takes its place

@@ -42,7 +42,11 @@ class IdsEncoder:
 
 
 def tokenize_batch(batch: dict, encode: IdsEncoder, eos: int, text_column: str) -> dict:
-    return {"input_ids": [doc + [eos] for doc in encode(batch[text_column])]}
+    """Every document's ids with EOS; an empty document is skipped (a lone EOS would teach nothing)."""
+    texts = batch[text_column]
+    if not all(isinstance(text, str) for text in texts):  # the reader names the file and line (files.bad_record)
+        raise TypeError(f"a document's text is not a string: {next(t for t in texts if not isinstance(t, str))!r}")
+    return {"input_ids": [doc + [eos] for doc in encode([text for text in texts if text])]}
 
 
 def tokenize_stream(dataset: IterableDataset, tokenizer, text_column: str) -> IterableDataset:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import run_pretrain
-from helpers import losses, read_log, run_app, start_app, tiny_args, wait_for_step, write_jsonl
+from helpers import losses, read_log, run_app, start_app, tiny_args, wait_for_step, with_flag, write_jsonl
 from pretraining.arguments import parse_args
 from pretraining.checkpoints import checkpoint_problem
 from pretraining.data import build_datasets
@@ -69,6 +69,83 @@ def test_sigkill_with_two_dataloader_workers_resumes_exactly(tmp_path, corpus):
     assert "Resuming from checkpoint-" in result.stdout
     assert [row["step"] for row in read_log(runs["killed"], "train")] == list(range(1, 13))
     assert losses(runs["killed"]) == pytest.approx(losses(runs["baseline"]), abs=1e-4)
+
+
+def test_the_worker_count_may_change_on_resume(tmp_path, corpus):
+    """Killed (after checkpoint-4) in a run with two DataLoader workers, resumed with none: the two data streams the run
+    started with go on in the main process, and the losses are the uninterrupted run's."""
+    with open(corpus[0], encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    for k in range(4):
+        write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::4])
+    baseline = str(tmp_path / "baseline")
+    argv = tiny_args(baseline, str(tmp_path / "part*.jsonl"), corpus[1], max_steps=8, save_steps=4, eval_steps=8,
+                     generation_steps=0, dataloader_num_workers=2)
+    assert run_app(argv).returncode == 0
+    output_dir = str(tmp_path / "run")
+    killed_after(baseline, output_dir, 4, 8)
+    argv = with_flag([output_dir if value == baseline else value for value in argv], "dataloader_num_workers", 0)
+    result = run_app(argv)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Resuming from checkpoint-4" in result.stdout
+    assert losses(output_dir) == pytest.approx(losses(baseline), abs=1e-4)
+
+
+def killed_after(baseline: str, output_dir: str, step: int, last: int) -> None:
+    """`baseline` as a kill after checkpoint-`step` would have left it (of a run to `last`): later checkpoints, the
+    final files and the log rows after `step` gone."""
+    shutil.copytree(baseline, output_dir)
+    for name in os.listdir(output_dir):
+        if name.startswith("checkpoint-") and int(name.split("-")[1]) > step:
+            shutil.rmtree(os.path.join(output_dir, name))
+    for name in ("model.safetensors", "trainer_state.json"):
+        os.remove(os.path.join(output_dir, name))
+    rows = [row for row in read_log(output_dir) if row["step"] <= step]
+    with open(os.path.join(output_dir, "training_log.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    assert last > step
+
+
+def test_the_first_row_after_a_resume_is_the_uninterrupted_runs(tmp_path, corpus):
+    """Rows every 3 steps, a checkpoint at 4: the row at 6 averages steps 4-6 whether or not the run stopped after
+    checkpoint-4 (the checkpoint holds the loss and timings since the last row)."""
+    baseline = str(tmp_path / "baseline")
+    argv = tiny_args(baseline, *corpus, max_steps=6, save_steps=4, eval_steps=100, generation_steps=0, logging_steps=3)
+    assert run_app(argv).returncode == 0
+    output_dir = str(tmp_path / "run")
+    killed_after(baseline, output_dir, 4, 6)
+    result = run_app([output_dir if value == baseline else value for value in argv])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [row["step"] for row in read_log(output_dir, "train")] == [3, 6]
+    assert losses(output_dir)[6] == pytest.approx(losses(baseline)[6], abs=1e-5)
+
+
+def test_a_run_shorter_than_its_logging_window_completes(tmp_path, corpus):
+    output_dir = str(tmp_path / "run")
+    result = run_app(tiny_args(output_dir, *corpus, max_steps=3, logging_steps=10, save_steps=10, eval_steps=10,
+                               generation_steps=0))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [row["step"] for row in read_log(output_dir, "train")] == [3]  # the last step is always logged
+    assert os.path.isfile(os.path.join(output_dir, "trainer_state.json"))
+    with open(os.path.join(output_dir, "README.md"), encoding="utf-8") as f:
+        assert "Trained for 3 optimizer steps" in f.read()
+
+
+def test_a_bad_record_met_mid_run_is_one_line_and_the_checkpoints_intact(tmp_path, corpus):
+    """A null text past the records checked at start-up: training stops when it reaches it, naming the file and the
+    line, with exit 2, after checkpoints that stay complete."""
+    lines = [json.dumps({"text": f"short document number {i}"}) for i in range(1200)]
+    lines[1100] = json.dumps({"text": None})
+    path = tmp_path / "late.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    output_dir = str(tmp_path / "run")
+    result = run_app(tiny_args(output_dir, str(path), corpus[1], max_steps=200, save_steps=10, eval_steps=1000,
+                               generation_steps=0, shuffle_buffer=0))
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "late.jsonl line 1101: the text column 'text' holds null, not a string" in result.stderr
+    checkpoints = [name for name in os.listdir(output_dir) if name.startswith("checkpoint-")]
+    assert checkpoints and all(checkpoint_problem(os.path.join(output_dir, name)) is None for name in checkpoints)
 
 
 def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path, corpus):

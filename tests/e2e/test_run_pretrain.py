@@ -196,6 +196,15 @@ def test_continued_pretraining_from_the_real_gguf_weights(tmp_path, corpus, gguf
     assert losses(output_dir)[1] < 6  # a trained model, not a random one (about 10.8)
     with open(os.path.join(output_dir, "samples.jsonl"), encoding="utf-8") as f:
         assert "Paris" in json.loads(f.readline())["text"]
+    # plain weights, not marked quantized: no quantization_config anywhere, and the run goes on from its checkpoint
+    for folder in (output_dir, os.path.join(output_dir, "checkpoint-2")):
+        assert "quantization_config" not in json.load(open(os.path.join(folder, "config.json"))), folder
+    extended = run_app(tiny_args(
+        output_dir, *corpus, config_overrides="", model_name_or_path=gguf_folder, gguf_file=GGUF_NAME,
+        per_device_train_batch_size=2, max_steps=3, save_steps=2, eval_steps=2, generation_steps=0,
+        learning_rate=3e-5))
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "Resuming from checkpoint-2" in extended.stdout
 
 
 def test_a_new_metric_is_one_declared_field(tmp_path, corpus, capsys):

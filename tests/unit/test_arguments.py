@@ -90,6 +90,10 @@ BAD_INPUTS = {
     "steps": (lambda t, c: ["--max_steps", "0"], r"max_steps must be positive, got 0"),
     "ill-typed flag": (lambda t, c: ["--max_steps", "ten"], r"max_steps.*'ten'"),
     "unknown flag": (lambda t, c: ["--no_such_flag", "1"], r"unrecognized arguments: --no_such_flag"),
+    "a mistyped flag": (lambda t, c: ["--learning_rat", "1e-3"],
+                        r"unrecognized arguments: --learning_rat 1e-3 \(--learning_rat: did you mean --learning_rate\?\)"),
+    "an unknown change": (lambda t, c: ["--allow_changes", "data,model"],
+                          r"allow_changes: unknown part\(s\) model \(choose from data, schedule, batch\)"),
     "tokenizer path": (lambda t, c: ["--tokenizer_name", str(t / "no_tokenizer")], r"cannot load tokenizer: no such folder: /.*/no_tokenizer$"),
     "tokenizer offline": (lambda t, c: ["--tokenizer_name", "HuggingFaceTB/SmolLM2-135M"],
                           r"tokenizer .HuggingFaceTB/SmolLM2-135M.*as a Hub id: the Hub cannot be reached .*--tokenizer_name /"),
@@ -118,6 +122,14 @@ BAD_INPUTS = {
 def test_bad_input_fails_in_one_line_and_changes_nothing(case, tmp_path, corpus, existing_output, capsys):
     extra, pattern = BAD_INPUTS[case]
     fails_in_one_line(tiny_args(existing_output, *corpus) + extra(tmp_path, corpus), pattern, existing_output, capsys)
+
+
+def test_a_tokenizer_folder_without_its_files_says_so_whole(gguf_folder, corpus, existing_output, capsys):
+    """A folder with only a GGUF file is no tokenizer folder: transformers' whole message, not its first line."""
+    fails_in_one_line(tiny_args(existing_output, *corpus) + ["--tokenizer_name", gguf_folder],
+                      r"cannot load tokenizer from .*: Couldn't instantiate the backend tokenizer from one of: \(1\) a "
+                      r"`tokenizers` library serialization file, \(2\) .* \(3\) an equivalent slow tokenizer class",
+                      existing_output, capsys)
 
 
 def stages(*entries):

@@ -12,8 +12,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 import numpy as np
 
 from helpers import data_args, doc_tokens, documents_read, packed, saved_and_loaded, write_jsonl
-from pretraining.data import PackedDataset, build_datasets, collate_blocks
+from pretraining.data import build_datasets, collate_blocks
 from pretraining.data.mixing import TokenShareMixer
+from pretraining.data.packing import BlockStream
 from pretraining.data.reading import NO_SHUFFLE, SourceReader
 from pretraining.data.files import CHECKED_RECORDS
 from pretraining.data.sources import load_text_stream
@@ -34,7 +35,7 @@ def test_packing_concatenates_documents_with_eos_and_no_padding(tmp_path, tokeni
 @pytest.mark.parametrize("setup", ["plain", "split_special_tokens", "truncation_enabled"])
 def test_tokens_are_what_the_tokenizer_call_gives(tmp_path, tokenizer, setup):
     """The pipeline calls the Rust tokenizer itself (IdsEncoder): same ids as `tokenizer(text)` whatever the
-    tokenizer's settings, special-token strings, Unicode and empty documents included."""
+    tokenizer's settings, special-token strings and Unicode; an empty document is skipped (no lone EOS)."""
     tokenizer = copy.deepcopy(tokenizer)
     if setup == "split_special_tokens":
         tokenizer.split_special_tokens = True
@@ -43,7 +44,7 @@ def test_tokens_are_what_the_tokenizer_call_gives(tmp_path, tokenizer, setup):
     texts = ["Hello <|im_start|>user\nhi<|im_end|>", "", "  tabs\tand\nnewlines  ", "é 🙂 ünïcode", "<|endoftext|>x"] * 7
     path = write_jsonl(tmp_path / "a.jsonl", texts)
     blocks = list(packed([path], tokenizer, block_size=8))
-    expected = doc_tokens(tokenizer, texts)
+    expected = doc_tokens(tokenizer, [text for text in texts if text])
     assert torch.cat([b["input_ids"] for b in blocks]).tolist() == expected[: 8 * len(blocks)]
     assert len(blocks) == len(expected) // 8 > 10
     assert (setup == "split_special_tokens") == (1 not in expected)  # <|im_start|> is id 1 unless split
@@ -57,7 +58,7 @@ def test_resume_from_state_continues_mid_document(tmp_path, tokenizer):
         first = packed([path], tokenizer, 48)
         head = [b["input_ids"].tolist() for b in itertools.islice(first, cut)]
         state = saved_and_loaded(first.state_dict())
-        assert len(state["leftover"]), "the cut should fall inside a document"
+        assert len(state["streams"]["0"]["leftover"]), "the cut should fall inside a document"
         resumed = packed([path], tokenizer, 48)
         resumed.load_state_dict(state)
         assert head + [b["input_ids"].tolist() for b in resumed] == full
@@ -69,7 +70,8 @@ def test_stateful_dataloader_workers_resume_exactly(tmp_path, tokenizer, num_wor
              for k in range(2)]
 
     def loader():
-        return StatefulDataLoader(packed(files, tokenizer, 32), batch_size=4, num_workers=num_workers)
+        return StatefulDataLoader(packed(files, tokenizer, 32, streams=max(1, num_workers), blocks_per_batch=4),
+                                  batch_size=4, num_workers=num_workers)
 
     full = [batch["input_ids"] for batch in loader()]
     assert len(full) > 6
@@ -151,8 +153,8 @@ def test_held_out_documents_are_never_trained_on_with_workers(tmp_path, tokenize
     texts = [f"document {i} is unique." for i in range(200)]
     for k in range(2):
         write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::2])
-    data = build_datasets(
-        data_args(train_file=str(tmp_path / "part*.jsonl"), validation_documents=10, block_size=16), tokenizer)
+    data = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), validation_documents=10, block_size=16),
+                          tokenizer, streams=2, blocks_per_batch=4)
     train, evaluation = data.train, data.evaluation
     train.passes = 1  # endless otherwise
     held_out = texts[0:20:2]  # the stream reads part0 first
@@ -209,7 +211,8 @@ def test_resume_in_a_later_pass_continues_exactly(tmp_path, tokenizer, num_worke
              for k in range(2)]
 
     def loader():
-        return StatefulDataLoader(packed(files, tokenizer, 16, passes=None), batch_size=2, num_workers=num_workers,
+        return StatefulDataLoader(packed(files, tokenizer, 16, passes=None, streams=max(1, num_workers),
+                                         blocks_per_batch=2), batch_size=2, num_workers=num_workers,
                                   collate_fn=collate_blocks)
 
     full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]
@@ -249,12 +252,12 @@ def test_a_long_document_packs_in_linear_time():
     the packer's position after each block holds that same array (the leftover is cut only when a state is saved)."""
     length, block_size = 100_000, 16
     documents = Dataset.from_dict({"input_ids": [list(range(length))]}).to_iterable_dataset()
-    packer = PackedDataset(TokenShareMixer([SourceReader(documents, 0, NO_SHUFFLE, np.int64)], [[1.0]]), block_size,
-                           passes=1)
+    stream = BlockStream(TokenShareMixer([SourceReader(documents, 0, NO_SHUFFLE, np.int64)], [[1.0]]), block_size,
+                         passes=1)
     blocks, held = [], set()
-    for block in packer:
+    for block in stream:
         blocks.append(block)
-        held.add(id(packer.position.tokens))
+        held.add(id(stream.position.tokens))
     assert len(blocks) == length // block_size and blocks[-1]["input_ids"].tolist() == list(range(99_984, 100_000))
     storages = {block["input_ids"].untyped_storage().data_ptr(): block["input_ids"].untyped_storage().nbytes()
                 for block in blocks}
@@ -280,6 +283,45 @@ def test_a_bad_record_past_the_checked_ones_is_named_when_training_reaches_it(tm
         build_datasets(data_args(train_file=str(path), block_size=16), tokenizer)
 
 
+@pytest.mark.parametrize("value, kind", [(None, "null"), (7, "a number"), (["a"], "a list")])
+@pytest.mark.parametrize("line", [8, CHECKED_RECORDS + 501])
+def test_a_text_that_is_no_string_is_named_with_its_file_and_line(tmp_path, tokenizer, value, kind, line):
+    """A null, number or list where the text belongs: at start-up when it is among the checked records, else when
+    training reaches it (here with 2 DataLoader workers, as on CUDA), named with its file and line either way."""
+    lines = [json.dumps({"text": f"document {i} " + "word " * 20}) for i in range(CHECKED_RECORDS + 600)]
+    lines[line - 1] = json.dumps({"text": value})
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    message = rf"bad\.jsonl line {line}: the text column 'text' holds {kind}, not a string"
+    if line <= CHECKED_RECORDS:
+        with pytest.raises(DataError, match=message):
+            build_datasets(data_args(train_file=str(path)), tokenizer)
+        return
+    train = build_datasets(data_args(train_file=str(path), shuffle_buffer=100), tokenizer, streams=2,
+                           blocks_per_batch=2).train  # start-up passes
+    with pytest.raises(DataError, match=message):
+        for _ in StatefulDataLoader(train, batch_size=2, num_workers=2):
+            pass
+
+
+def test_a_parquet_null_text_is_named_with_its_row_group(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"document {i}" for i in range(100)]
+    texts[73] = None
+    pq.write_table(pa.table({"text": texts}), tmp_path / "a.parquet", row_group_size=30)
+    with pytest.raises(DataError, match=r"a\.parquet row group 2: the text column 'text' holds 1 null\(s\)"):
+        build_datasets(data_args(train_file=str(tmp_path / "a.parquet")), tokenizer)
+    pq.write_table(pa.table({"text": texts}), tmp_path / "b.parquet", row_group_size=30, write_statistics=False)
+    train = build_datasets(data_args(train_file=str(tmp_path / "b.parquet"), block_size=16), tokenizer).train
+    with pytest.raises(DataError, match=r"b\.parquet row group 2 row 13: the text column 'text' holds null"):
+        list(itertools.islice(train, 1000))
+    pq.write_table(pa.table({"text": list(range(10))}), tmp_path / "c.parquet")
+    with pytest.raises(DataError, match=r"c\.parquet: the text column 'text' holds int64 values, not strings"):
+        build_datasets(data_args(train_file=str(tmp_path / "c.parquet")), tokenizer)
+
+
 def test_workers_in_different_passes_resume_exactly(tmp_path, tokenizer):
     """Two workers whose files differ in size are in different passes most of the time. datasets shares the epoch
     between workers, so each must set its own (a copy of the stream): else a resume, where both start at once, would
@@ -288,7 +330,8 @@ def test_workers_in_different_passes_resume_exactly(tmp_path, tokenizer):
     write_jsonl(tmp_path / "part1.jsonl", ["a short one"] * 3)
 
     def loader():
-        train = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=8), tokenizer).train
+        train = build_datasets(data_args(train_file=str(tmp_path / "part*.jsonl"), block_size=8), tokenizer, streams=2,
+                               blocks_per_batch=2).train
         return StatefulDataLoader(train, batch_size=2, num_workers=2, collate_fn=collate_blocks)
 
     full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]

@@ -27,7 +27,7 @@ def test_token_shares_follow_the_weights(tmp_path, tokenizer):
                          [f"beta {i} " + "word " * n for i, n in enumerate(lengths)])
     train = build_datasets(data_args(dataset_mixture=mixture(a, b), block_size=64), tokenizer).train
     blocks = list(itertools.islice(train, 300))
-    counts = train.state_dict()["tokens_by_source"]
+    counts = loader_source_token_counts(train.state_dict(), 2)
     assert sum(counts) == 300 * 64 and all(block["data_pass"] == 1 for block in blocks)
     shares = [count / sum(counts) for count in counts]
     print(f"token shares over 300 blocks of 64 tokens: {shares}")
@@ -43,7 +43,7 @@ def test_weights_are_token_shares_whatever_the_document_lengths(tmp_path, tokeni
     train = build_datasets(data_args(dataset_mixture=mixture(a, b), block_size=64, shuffle_buffer=shuffle_buffer),
                            tokenizer).train
     list(itertools.islice(train, 300))
-    counts = train.state_dict()["tokens_by_source"]
+    counts = loader_source_token_counts(train.state_dict(), 2)
     shares = [count / sum(counts) for count in counts]
     print(f"token shares over 300 blocks of 64 tokens, short 0.8 / long 0.2: {shares}")
     assert shares == pytest.approx([0.8, 0.2], abs=0.03)
@@ -61,7 +61,8 @@ def test_data_stages_switch_the_mixture_at_their_step_and_resume_exactly(tmp_pat
     block, batch, steps_per_batch = 16, 2, 2  # tokens, blocks per batch, batches per step
 
     def loader():
-        train = build_datasets(args, tokenizer, blocks_per_batch=batch, batches_per_step=steps_per_batch).train
+        train = build_datasets(args, tokenizer, blocks_per_batch=batch, batches_per_step=steps_per_batch,
+                               streams=max(1, num_workers)).train
         return StatefulDataLoader(train, batch_size=batch, num_workers=num_workers, collate_fn=collate_blocks)
 
     full, stage_counts = [], []
@@ -98,7 +99,7 @@ def test_a_mixture_resumes_exactly_in_any_pass_with_its_token_counts(tmp_path, t
     args = data_args(dataset_mixture=mixture(a, b, (0.5, 0.5)), block_size=16)
 
     def loader():
-        train = build_datasets(args, tokenizer).train
+        train = build_datasets(args, tokenizer, streams=max(1, num_workers), blocks_per_batch=2).train
         return StatefulDataLoader(train, batch_size=2, num_workers=num_workers, collate_fn=collate_blocks)
 
     full, counts = [], []
@@ -239,12 +240,12 @@ def test_three_ranks_read_each_source_its_own_way(tmp_path, tokenizer, num_worke
 
     def documents(rank):
         """Every document this rank reads in one pass, as text, by source."""
-        data = build_datasets(args, tokenizer, rank, 3)
+        data = build_datasets(args, tokenizer, rank, 3, streams=max(1, num_workers), blocks_per_batch=2)
         train = data.train
         assert data.split_description == (f"{a}: 4 shards split between 3 ranks; {b}@content: 2 shard(s) for 3 ranks: every "
                                  "rank reads all, keeps the documents whose digest falls to it")
         return [[tokenizer.decode(doc[:-1]) for doc in source]
-                for source in documents_read(train, workers=max(1, num_workers))]
+                for source in documents_read(train)]
 
     by_rank = [documents(rank) for rank in range(3)]
     for source, texts in enumerate((texts_a, texts_b)):
@@ -254,7 +255,7 @@ def test_three_ranks_read_each_source_its_own_way(tmp_path, tokenizer, num_worke
     assert [len(set(read[0])) for read in by_rank] == [20, 10, 10]
 
     def loader():
-        train = build_datasets(args, tokenizer, 0, 3).train
+        train = build_datasets(args, tokenizer, 0, 3, streams=max(1, num_workers), blocks_per_batch=2).train
         return StatefulDataLoader(train, batch_size=2, num_workers=num_workers, collate_fn=collate_blocks)
 
     full = [batch["input_ids"] for batch in itertools.islice(loader(), 30)]

@@ -9,7 +9,7 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from helpers import data_args, documents_read, saved_and_loaded, write_jsonl
-from pretraining.data import build_datasets, collate_blocks
+from pretraining.data import build_datasets, collate_blocks, stream_states
 
 SHARDS, PER_SHARD = 8, 40
 
@@ -30,8 +30,8 @@ def shuffled(pattern, **overrides):
     return data_args(**{**values, **overrides})
 
 
-def read_texts(tokenizer, packer, workers=1):
-    return [tokenizer.decode(document[:-1]) for document in documents_read(packer, workers)[0]]
+def read_texts(tokenizer, packer):
+    return [tokenizer.decode(document[:-1]) for document in documents_read(packer)[0]]
 
 
 def test_the_first_documents_come_from_across_the_shards_in_no_file_order(corpus_of_8_shards, tokenizer):
@@ -73,7 +73,7 @@ def test_fewer_shards_at_once_read_fewer_at_first(corpus_of_8_shards, tokenizer)
 
 def test_two_workers_read_their_own_shards_and_together_all(corpus_of_8_shards, tokenizer):
     pattern, texts = corpus_of_8_shards
-    read = read_texts(tokenizer, build_datasets(shuffled(pattern), tokenizer).train, workers=2)
+    read = read_texts(tokenizer, build_datasets(shuffled(pattern), tokenizer, streams=2).train)
     assert sorted(read) == sorted(text for shard in texts for text in shard)
 
 
@@ -85,7 +85,8 @@ def test_a_shuffled_stream_resumes_exactly_in_any_pass(corpus_of_8_shards, token
     args = shuffled(pattern, block_size=32)
 
     def loader():
-        return StatefulDataLoader(build_datasets(args, tokenizer).train, batch_size=2, num_workers=num_workers,
+        train = build_datasets(args, tokenizer, streams=max(1, num_workers), blocks_per_batch=2).train
+        return StatefulDataLoader(train, batch_size=2, num_workers=num_workers,
                                   collate_fn=collate_blocks)
 
     full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 150)]
@@ -109,7 +110,32 @@ def test_the_buffer_is_saved_in_uint16(corpus_of_8_shards, tokenizer):
     pattern, _ = corpus_of_8_shards
     train = build_datasets(shuffled(pattern), tokenizer).train
     next(iter(train))
-    reader_state = train.state_dict()["mixer"]["readers"][0]
+    reader_state = train.state_dict()["streams"]["0"]["mixer"]["readers"][0]
     assert reader_state["buffer"].dtype == torch.uint16
     assert len(reader_state["buffer_lengths"]) == 50 - 1  # the buffer refills one a draw: full, less the one drawn
     assert int(reader_state["buffer_lengths"].sum()) == len(reader_state["buffer"])
+
+
+@pytest.mark.parametrize("before, after", [(2, 0), (2, 1), (0, 2), (4, 2)])
+def test_the_worker_count_may_change_on_resume(corpus_of_8_shards, tokenizer, before, after):
+    """The run's streams are fixed by its first start (one per worker then); a resume with another worker count
+    (the app's path: every stream's state from the checkpoint's loader state) gives the uninterrupted run's batches.
+    From 0 workers there is one stream: 2 workers then host it in one (the other takes no part)."""
+    pattern, _ = corpus_of_8_shards
+    args = shuffled(pattern, block_size=32)
+
+    def loader(workers, state=None):
+        train = build_datasets(args, tokenizer, streams=max(1, before), blocks_per_batch=2).train
+        if state is not None:
+            train.resume_streams(stream_states(state))
+        return StatefulDataLoader(train, batch_size=2, num_workers=workers, collate_fn=collate_blocks)
+
+    full = [batch["input_ids"] for batch in itertools.islice(loader(before), 60)]
+    for cut in (6, 31):
+        first = loader(before)
+        iterator = iter(first)
+        head = [next(iterator)["input_ids"] for _ in range(cut)]
+        state = saved_and_loaded(first.state_dict())
+        del iterator
+        rest = [batch["input_ids"] for batch in itertools.islice(loader(after, state), 60 - cut)]
+        assert all(torch.equal(a, b) for a, b in zip(head + rest, full, strict=True)), cut
