@@ -161,6 +161,35 @@ def wait_for_step(output_dir, step, process, timeout=300):
     raise TimeoutError(f"no step {step} within {timeout}s")
 
 
+# ---- host syncs ----
+
+def host_syncs():
+    """A TorchDispatchMode that counts, while active, what makes the host wait for a device: reading a tensor's value
+    on the host (`.item()`, `float()`, `bool()`: `aten._local_scalar_dense`) and blocking copies between devices. On
+    CPU only the reads show (nothing needs copying); in a CUDA run each of them would wait for the GPU."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+
+    class HostSyncs(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is aten._local_scalar_dense.default:
+                self.count += 1
+            elif func is aten._to_copy.default and kwargs.get("device") is not None:
+                moves = torch.device(kwargs["device"]) != args[0].device
+                self.count += moves and not kwargs.get("non_blocking", False)
+            elif func is aten.copy_.default:
+                non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
+                self.count += args[0].device != args[1].device and not non_blocking
+            return func(*args, **kwargs)
+
+    return HostSyncs()
+
+
 # ---- bad input ----
 
 def tree_digest(folder):
