@@ -156,17 +156,22 @@ class SigtermCallback(TrainerCallback):
     def __init__(self):
         self.received = False
         self._previous = None
+        self._group = None  # a gloo group for the flag (on_train_begin)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if args.world_size > 1 and self._group is None:
+            # The flag travels on the host, over gloo: read back from an all-reduce on the GPU (NCCL), it would make
+            # the host wait for all queued GPU work at every step, a second sync beside the non-finite check's.
+            self._group = torch.distributed.new_group(backend="gloo")
 
     def _handle(self, signum, frame):
         self.received = True
 
     def on_step_end(self, args, state, control, **kwargs):
         if args.world_size > 1:
-            flag = torch.tensor([float(self.received)], device=args.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            flag = torch.tensor([float(self.received)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
             self.received = bool(flag.item())
         if self.received:
             control.should_save = True

@@ -96,6 +96,25 @@ def tiny_args(output_dir, train_file, validation_file=None, **overrides) -> list
     return argv
 
 
+def in_process_trainer(output_dir, corpus, callbacks, **overrides):
+    """The app's trainer for a tiny run (`tiny_args`), built in this process as run_pretrain builds it, with
+    `callbacks` added."""
+    import run_pretrain
+    from pretraining.arguments import parse_args
+    from pretraining.data import build_datasets
+    from pretraining.devices import DeviceReport
+    from pretraining.model import build_config, build_model, load_tokenizer
+
+    model_args, data_args, args = parse_args(tiny_args(output_dir, *corpus, **overrides), DeviceReport("cpu"))
+    tokenizer = load_tokenizer(model_args)
+    config = build_config(model_args, data_args, tokenizer)
+    model = build_model(model_args, config)
+    trainer = run_pretrain.build_trainer(data_args, args, tokenizer, model, build_datasets(data_args, tokenizer))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer
+
+
 def without_train_file(argv: list[str]) -> list[str]:
     argv = list(argv)
     del argv[argv.index("--train_file"):argv.index("--train_file") + 2]

@@ -31,6 +31,7 @@ from modeling_smollm2 import SmolLM2ForCausalLM
 from smollm2_ops import SmolLM2RMSNormFunction, SmolLM2RotaryFunction, SmolLM2SwiGLUFunction, causal_lm_loss
 
 
+FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 LLAMA_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -516,6 +517,29 @@ def test_packed_sequences_without_padding_equal_each_document_alone(attn_impleme
         else:
             outputs = model(packed, position_ids=position_ids, use_cache=False)  # no cache: a training batch
     torch.testing.assert_close(outputs.logits, alone, atol=1e-5, rtol=0)
+
+
+def test_flash_attention_kwargs_reach_every_layers_attention_function():
+    """cu_seq_lens_q/k and max_length_q/k given to forward (the app's collator gives them with --document_masking
+    under flash attention) reach the attention function of every layer as they are, so that flash attention need not
+    derive them from position_ids in each layer. Seen through an attention function registered with transformers
+    (its registry, as any backend is), which records them and computes SDPA."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    received = []
+
+    def recording_attention(module, query, key, value, attention_mask, **kwargs):
+        received.append({name: kwargs.get(name) for name in FLASH_KWARGS})
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("recording_sdpa", recording_attention)
+    model = tiny_model(attn_implementation="recording_sdpa")
+    cu_seq_lens = torch.tensor([0, 3, 8, 10], dtype=torch.int32)
+    flash_kwargs = dict(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=5, max_length_k=5)
+    with torch.no_grad():
+        model(torch.arange(1, 11)[None], position_ids=torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1]]), **flash_kwargs)
+    assert received == [flash_kwargs] * model.config.num_hidden_layers
 
 
 def test_unknown_keyword_arguments_are_passed_on_like_llamas():
