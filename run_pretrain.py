@@ -120,6 +120,8 @@ def print_summary(model, data_args: DataArguments, training_args: PretrainingArg
     print(f"batch: {sequences} sequences x {data_args.block_size} tokens = {sequences * data_args.block_size:,} "
           f"tokens/step (per device {training_args.per_device_train_batch_size} x grad accum "
           f"{training_args.gradient_accumulation_steps} x {world} processes)")
+    if training_args.device.type != device.type:  # --use_cpu on a GPU machine
+        device = DeviceReport(training_args.device.type)
     name = f" ({device.name})" if device.name else ""
     print(f"device: {training_args.device}{name}; data: {source}; output: {training_args.output_dir}")
     print(f"precision: {precision_summary(training_args.bf16, training_args.fp16, device)}; "

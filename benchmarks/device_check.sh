@@ -72,24 +72,50 @@ if $smoke; then
   app=(--config tiny --block_size 64 --batch_size 2 --max_steps 6 --logging_steps 2 --warmup_rows 1
        --torch_compile_backend aot_eager)
   llama=(--config tiny --batch_size 2 --block_size 64 --repeats 2 --warmup 1)
+  deadline=$((SECONDS + 900))  # shared CPUs are slow and vary
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   app=()
   llama=(--batch_size 8 --block_size 2048 --repeats 5)
+  deadline=$((SECONDS + 410))  # the whole check in under 7 minutes, however long a compile takes
 fi
 : > "$out/summary.txt"
+failed=0
+
+# stage NAME COMMAND...: COMMAND in the time left, its output on the terminal and in summary.txt as it comes; a stage
+# that fails or runs out of time is named, and the next one still runs
+stage() {
+  local name=$1 left=$((deadline - SECONDS)) status
+  shift
+  echo "== $name"
+  if ((left < 30)); then
+    echo "$name: not run, out of time" | tee -a "$out/summary.txt"
+    failed=1
+    return
+  fi
+  set +e
+  timeout "$left" "$@" 2>&1 | tee -a "$out/summary.txt"
+  status=${PIPESTATUS[0]}
+  set -e
+  if ((status != 0)); then
+    echo "$name: $( ((status == 124)) && echo "stopped, out of time" || echo "failed (exit $status)")" |
+      tee -a "$out/summary.txt"
+    failed=1
+  fi
+}
+
 variants=("eager" "compiled" "compiled + chunked loss")
 flags=("" "--torch_compile" "--torch_compile --chunked_loss")
 for i in 0 1 2; do
-  echo "== the app's step, ${variants[$i]}"
   # shellcheck disable=SC2086  # the flags are words
-  python3 benchmarks/bench_app.py "${app[@]}" ${flags[$i]} --label "app, ${variants[$i]}" \
-    --log_copy "$out/app_$i.jsonl" 2>&1 | tee -a "$out/summary.txt"
+  stage "app, ${variants[$i]}" python3 benchmarks/bench_app.py "${app[@]}" ${flags[$i]} \
+    --label "app, ${variants[$i]}" --log_copy "$out/app_$i.jsonl"
 done
-echo "== ours against LlamaForCausalLM, eager"
-python3 benchmarks/bench_model.py "${llama[@]}" --bf16_autocast --skip memory generate 2>&1 | tee -a "$out/summary.txt"
+stage "ours against LlamaForCausalLM, eager" \
+  python3 benchmarks/bench_model.py "${llama[@]}" --bf16_autocast --skip memory generate
 
 echo "== results"
-grep -e "^app, " "$out/summary.txt"
-grep -A 2 -e "^model *step ms" "$out/summary.txt"
-grep -e "training step speed, ours / llama" "$out/summary.txt"
+grep -e "^app, " "$out/summary.txt" || true
+grep -A 2 -e "^model *step ms" "$out/summary.txt" || true
+grep -e "training step speed, ours / llama" "$out/summary.txt" || true
+exit $failed

@@ -29,7 +29,7 @@ def test_cpu_smoke_runs_every_measurement_and_writes_only_small_logs(tmp_path):
               r"peak memory - \| median of 2 log rows$"
         assert len(re.findall(row, out, flags=re.M)) == 2, out
     assert re.search(r"^training step speed, ours / llama: \d+\.\d+x$", out, flags=re.M)
-    assert out.index("== ours against LlamaForCausalLM") < out.index("== results")
+    assert out.index("== ours against LlamaForCausalLM, eager") < out.index("== results")
     files = sorted(os.listdir(tmp_path))
     assert files == ["app_0.jsonl", "app_1.jsonl", "app_2.jsonl", "summary.txt"]
     assert all(os.path.getsize(tmp_path / name) < 100_000 for name in files)
