@@ -35,7 +35,8 @@ TINY = "num_hidden_layers=2,hidden_size=64,intermediate_size=128,num_attention_h
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=["135m", "tiny"], default="135m", help="SmolLM2-135M, or the tiny test shape")
+    parser.add_argument("--config", choices=["135m", "tiny"], default="135m",
+                        help="SmolLM2-135M, or the tiny test shape")
     parser.add_argument("--batch_size", type=int, default=8, help="sequences per step (the recipe's 8)")
     parser.add_argument("--block_size", type=int, default=2048, help="tokens per sequence (the recipe's 2048)")
     parser.add_argument("--max_steps", type=int, default=40, help="optimizer steps")

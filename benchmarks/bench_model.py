@@ -10,8 +10,8 @@ warm-up steps, so that drift in a shared machine's load hits both alike, and the
     python benchmarks/bench_model.py --batch_size 1 --skip memory  # one sequence: the matmuls' least efficient shape
     python benchmarks/bench_model.py --config tiny --repeats 3  # a few seconds
     python benchmarks/bench_model.py --skip train generate --batch_size 4 --block_size 2048 --layers 2  # memory
-    python benchmarks/bench_model.py --batch_size 8 --block_size 2048 --bf16_autocast --skip memory generate  # a GPU,
-                                                                           # fp32 weights under bf16 autocast, as the app
+    python benchmarks/bench_model.py --batch_size 8 --block_size 2048 --bf16_autocast --skip memory generate
+                                                      # on a GPU, as the app trains: fp32 weights under bf16 autocast
     python benchmarks/bench_model.py --layers 6 --skip generate --without rope  # one op's share of speed and memory
 
 Reported per model: median step time (forward + backward + AdamW step), tokens/s, MFU, the step's extra memory,
@@ -219,7 +219,8 @@ def resident_bytes() -> int:
 
 def cuda_step_memory(model, optimizer, input_ids, autocast) -> int:
     """Peak bytes allocated during one training step above what was allocated before it."""
-    train_step(model, optimizer, input_ids, autocast)  # AdamW's moments exist afterwards; the step's memory excludes them
+    # AdamW's moments exist afterwards; the step's memory excludes them
+    train_step(model, optimizer, input_ids, autocast)
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(input_ids.device)

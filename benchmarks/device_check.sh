@@ -62,7 +62,7 @@ for name in ("transformers", "datasets", "torchdata", "accelerate"):
     for text in requires:
         check(Requirement(text), name)
 if problems:
-    sys.exit("error: " + "; ".join(problems) + " (run bash benchmarks/device_wheels.sh where pip works, then carry .whl)")
+    sys.exit("error: " + "; ".join(problems) + " (bash benchmarks/device_wheels.sh where pip works, then carry .whl)")
 versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("torch", "transformers", "accelerate", "datasets"))
 print(f"python {platform.python_version()}, {versions}")
 PY

@@ -69,7 +69,8 @@ def test_the_peak_in_the_start_up_line_and_the_override():
 def test_precision_follows_the_hardware_and_says_why():
     h100 = DeviceReport("cuda", bf16=True, name="NVIDIA H100 80GB HBM3")
     t4 = DeviceReport("cuda", bf16=False, name="Tesla T4")
-    assert precision_summary(True, False, h100) == "bf16 autocast, fp32 weights (NVIDIA H100 80GB HBM3 has bf16 tensor cores)"
+    assert precision_summary(True, False, h100) == ("bf16 autocast, fp32 weights (NVIDIA H100 80GB HBM3 has bf16 "
+                                                    "tensor cores)")
     assert precision_summary(False, False, h100) == ("fp32, as asked (--bf16 false; NVIDIA H100 80GB HBM3 has bf16 "
                                                      "tensor cores)")
     assert precision_summary(False, False, t4) == ("fp32: Tesla T4 has no bf16 hardware (--fp16 for fp16 autocast "

@@ -982,8 +982,9 @@ def compiled_sdpa_calls(model, *args, **kwargs):
     def backend(graph_module, example_inputs):
         for node in graph_module.graph.nodes:
             if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+                key = node.args[1].meta["example_value"]  # (batch, heads, seq, head_dim)
                 calls.append(SdpaCall(node.kwargs.get("attn_mask"), node.kwargs.get("is_causal", False),
-                                      node.kwargs.get("enable_gqa", False), node.args[1].meta["example_value"].shape[1]))
+                                      node.kwargs.get("enable_gqa", False), key.shape[1]))
         return torch._dynamo.lookup_backend("aot_eager")(graph_module, example_inputs)
 
     torch._dynamo.reset()
