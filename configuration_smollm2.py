@@ -84,12 +84,17 @@ class SmolLM2Config(PretrainedConfig):
             activations, and the chunked loss below) instead of the plain PyTorch path, where they were measured to
             pay: training on CPU, not under torch.compile. The training app turns it on; off, the model is exactly
             transformers' Llama computation. With labels, `logits` is then `None` (the chunked loss never holds them).
+        chunked_loss (`bool`, defaults to `False`):
+            With labels, compute the loss `loss_chunk_size` tokens at a time in plain PyTorch ops, on every device and
+            under torch.compile, and return `logits=None`: the (batch, seq, vocab) logits, their fp32 upcast and
+            softmax are never held (3.2 GB per fp32 copy at 8 x 2048 x 49152). Same values and gradients as the
+            plain loss. Where `use_speed_ops` applies, its chunked loss runs instead.
         loss_chunk_size (`int`, defaults to 1024):
-            Tokens per chunk of the loss when labels are given and `use_speed_ops` applies. Logits are computed and
-            turned into gradients in one `loss_chunk_size x vocab_size` buffer reused by every chunk (201 MB in fp32
-            at 1024 x 49152, plus a bf16 twin under autocast) instead of several `batch x seq x vocab_size` ones
-            (3.2 GB each at 8 x 2048 x 49152). Smaller saves memory; larger issues fewer, bigger matmuls (1024 rows
-            already fill a GPU).
+            Tokens per chunk of the loss when labels are given and `chunked_loss` or `use_speed_ops` applies. Logits
+            are computed and turned into gradients in one `loss_chunk_size x vocab_size` buffer reused by every chunk
+            (201 MB in fp32 at 1024 x 49152, plus a bf16 twin under autocast) instead of several
+            `batch x seq x vocab_size` ones (3.2 GB each at 8 x 2048 x 49152). Smaller saves memory; larger issues
+            fewer, bigger matmuls.
 
     Other Llama keys are accepted at the values that mean "plain SmolLM2": `rope_interleaved=False` (nanotron), and
     `pretraining_tp` (a tensor-parallel layout hint that changes no maths). `base_model_tp_plan` and
@@ -139,8 +144,9 @@ class SmolLM2Config(PretrainedConfig):
 
     # runtime settings (see the docstring): class defaults, set per instance, never serialized
     use_speed_ops = False
+    chunked_loss = False
     loss_chunk_size = 1024
-    RUNTIME_SETTINGS = ("use_speed_ops", "loss_chunk_size")
+    RUNTIME_SETTINGS = ("use_speed_ops", "chunked_loss", "loss_chunk_size")
 
     def __post_init__(self, **kwargs):
         rope_interleaved = kwargs.pop("rope_interleaved", False)
@@ -201,6 +207,9 @@ class SmolLM2Config(PretrainedConfig):
         if not isinstance(rope_theta, (int, float)) or isinstance(rope_theta, bool) or rope_theta <= 0:
             raise ValueError(f"rope_theta must be a positive number, got rope_theta={rope_theta!r}")
         self.validate_rope()
+        for name in ("use_speed_ops", "chunked_loss"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {name}={getattr(self, name)!r}")
         if not isinstance(self.loss_chunk_size, int) or isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size <= 0:
             raise ValueError(f"loss_chunk_size must be a positive integer, got loss_chunk_size={self.loss_chunk_size!r}")
         # save_pretrained adds only the saved class to auto_map; the folder serves the base model too

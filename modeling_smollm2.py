@@ -6,7 +6,8 @@ flex_attention, ...), masks through its masking utilities, RoPE scaling through 
 hidden states and attentions are recorded the way its models record them.
 
 With `config.use_speed_ops=True` (a runtime setting, never saved; the training app sets it) RMSNorm, RoPE, the SwiGLU MLP and the loss run the
-hand-written ops of `smollm2_ops.py` when training on CPU; everything else, and every other case, is this file.
+hand-written ops of `smollm2_ops.py` when training on CPU, and with `config.chunked_loss=True` the loss runs chunked
+in plain ops there on every device; everything else, and every other case, is this file.
 
 Loading (official SmolLM2 checkpoints are Llama-format: config.json with model_type "llama"):
     SmolLM2ForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")           # Llama-format folder or Hub id
@@ -345,6 +346,11 @@ class SmolLM2Model(SmolLM2PreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
 
+        # The masking utilities look for packed documents (positions restarting) only in position_ids a caller gave:
+        # default positions hold one sequence per row. Given to them, defaults would cost a host sync per forward in
+        # eager mode and, under torch.compile (where that check cannot run), a full (batch, 1, seq, seq) mask in place
+        # of SDPA's is_causal kernel.
+        mask_position_ids = position_ids
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
@@ -355,7 +361,7 @@ class SmolLM2Model(SmolLM2PreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             cache=cache,
-            position_ids=position_ids,
+            position_ids=mask_position_ids,
         )
 
         hidden_states = inputs_embeds
@@ -405,7 +411,8 @@ class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """labels: (batch, seq) token ids, -100 where no loss is taken; shifted inside (position t predicts t+1),
         or pass `shift_labels` already shifted. `num_items_in_batch` (from the Trainer) divides the token sum.
-        With `use_speed_ops` on CPU the loss is chunked and `logits` is None when labels are given."""
+        With `chunked_loss`, or `use_speed_ops` on CPU, the loss is chunked and `logits` is None when labels are
+        given."""
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -418,10 +425,11 @@ class SmolLM2ForCausalLM(SmolLM2PreTrainedModel, GenerationMixin):
 
         hidden_states = outputs.last_hidden_state
         hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
-        if labels is not None and speed_ops_apply(self.config, hidden_states, needs_grad=False):
+        speed_loss = labels is not None and speed_ops_apply(self.config, hidden_states, needs_grad=False)
+        if speed_loss or (labels is not None and self.config.chunked_loss):
             # never holds the (batch, seq, vocab) logits
             loss = smollm2_ops.causal_lm_loss(
-                hidden_states, self.lm_head.weight, labels, self.config.loss_chunk_size, **kwargs
+                hidden_states, self.lm_head.weight, labels, self.config.loss_chunk_size, speed_op=speed_loss, **kwargs
             )
             logits = None
         else:

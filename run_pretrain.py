@@ -32,7 +32,8 @@ from pretraining.callbacks import (CurvesCallback, GenerationSamplesCallback, Js
                                    ProgressBarCallback, ProgressLinesCallback)
 from pretraining.checkpoints import saved_step
 from pretraining.data import DataArguments, TrainingData, build_datasets, collate_blocks
-from pretraining.devices import device_peak_flops, probe_device
+from pretraining.devices import (DeviceReport, device_peak_flops, peak_summary, precision_summary, probe_device,
+                                 unused_gpus_hint)
 from pretraining.errors import ArgumentError, NonFiniteLossError, SaveError, free_space, report
 from pretraining.eval_tasks import TaskSuite, check_eval_tasks
 from pretraining.model import build_config, build_model, load_tokenizer
@@ -73,8 +74,8 @@ def build_trainer(data_args: DataArguments, training_args: PretrainingArguments,
     """The trainer with every callback of the app, assembled here."""
     if data.evaluation is None:
         training_args.eval_strategy = "no"
-    peak = device_peak_flops(training_args.device, torch.bfloat16 if training_args.bf16 else torch.float32,
-                             training_args.peak_tflops)
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    peak = device_peak_flops(training_args.device, dtype, training_args.peak_tflops)
     step_meter = StepMeter(global_batch(training_args) * data_args.block_size, training_args.world_size,
                            flops_per_token(model.config, data_args.block_size, model.num_parameters()), peak,
                            warn=print if training_args.should_log else None)
@@ -105,9 +106,9 @@ def build_trainer(data_args: DataArguments, training_args: PretrainingArguments,
 
 
 def print_summary(model, data_args: DataArguments, training_args: PretrainingArguments, data: TrainingData,
-                  peak_flops: float | None) -> None:
-    """The start-up lines: model, batch, device, data (a mixture's sources with their normalized weights), and how
-    each rank reads the stream."""
+                  peak_flops: float | None, device: DeviceReport) -> None:
+    """The start-up lines: model, batch, device (precision and MFU peak, each with its reason), data (a mixture's
+    sources with their normalized weights), and how each rank reads the stream."""
     if not training_args.should_log:
         return
     world = training_args.world_size
@@ -115,14 +116,20 @@ def print_summary(model, data_args: DataArguments, training_args: PretrainingArg
     source = data_args.train_file or f"{data_args.dataset_name} ({data_args.dataset_config_name}, streamed)"
     if data.mixture:
         source = f"a mixture of {len(data.mixture)} sources"
-    dtype = "bf16 autocast, fp32 weights" if training_args.bf16 else "fp32"
     print(f"model: SmolLM2, {model.num_parameters():,} parameters, {model.config.num_hidden_layers} layers, "
           f"hidden {model.config.hidden_size}, vocab {model.config.vocab_size}")
     print(f"batch: {sequences} sequences x {data_args.block_size} tokens = {sequences * data_args.block_size:,} "
           f"tokens/step (per device {training_args.per_device_train_batch_size} x grad accum "
           f"{training_args.gradient_accumulation_steps} x {world} processes)")
-    mfu = f"MFU against {peak_flops / 1e12:g} TFLOP/s" if peak_flops else "no MFU (unknown peak: --peak_tflops)"
-    print(f"device: {training_args.device} ({dtype}, {mfu}); data: {source}; output: {training_args.output_dir}")
+    if training_args.device.type != device.type:  # --use_cpu on a GPU machine
+        device = DeviceReport(training_args.device.type)
+    name = f" ({device.name})" if device.name else ""
+    print(f"device: {training_args.device}{name}; data: {source}; output: {training_args.output_dir}")
+    print(f"precision: {precision_summary(training_args.bf16, training_args.fp16, device)}; "
+          f"{peak_summary(peak_flops, device)}")
+    hint = unused_gpus_hint(device, world)
+    if hint:
+        print(hint)
     for number, stage in enumerate(data.stages or (), start=1):
         if len(data.stages) > 1:
             print(f"data stage {number}: from step {stage.start_step}")
@@ -136,7 +143,8 @@ def print_summary(model, data_args: DataArguments, training_args: PretrainingArg
         print(f"data split between ranks: {data.split_description}")
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments) -> int:
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments,
+          device: DeviceReport) -> int:
     """The run, in its output folder (owned and locked for the run's life): returns the exit status."""
     set_seed(training_args.seed)
     if training_args.disable_tqdm:
@@ -170,7 +178,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
         model = SmolLM2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32) if finishing else build_model(
             model_args, config)
         trainer = build_trainer(data_args, training_args, tokenizer, model, data, resume_changes=changed)
-        print_summary(model, data_args, training_args, data, trainer.step_meter.peak_flops)
+        print_summary(model, data_args, training_args, data, trainer.step_meter.peak_flops, device)
         if training_args.should_log:
             print(f"Saving the final model of {os.path.basename(checkpoint)}" if finishing else
                   f"Resuming from {os.path.basename(checkpoint)}" if checkpoint else "Starting from step 0", flush=True)
@@ -269,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     # torchdata 0.11 calls an API that torch deprecated; nothing for a user to act on
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
     try:
-        model_args, data_args, training_args = parse_args(argv, probe_device(), interactive=sys.stdout.isatty())
+        device = probe_device()
+        model_args, data_args, training_args = parse_args(argv, device, interactive=sys.stdout.isatty())
         show_traceback = show_traceback or training_args.traceback
         preflight(data_args, training_args)
-        return train(model_args, data_args, training_args)
+        return train(model_args, data_args, training_args, device)
     except (ValueError, OSError, NonFiniteLossError) as err:
         return report(err, show_traceback)
     except KeyboardInterrupt:  # Ctrl-C before training started (during training it stops at the step's end)

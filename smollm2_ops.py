@@ -1,10 +1,12 @@
-"""Speed ops of SmolLM2: hand-written backward passes and a chunked linear cross-entropy, for CPU training.
+"""Speed ops of SmolLM2: hand-written backward passes and a chunked linear cross-entropy.
 
 `modeling_smollm2.py` is plain PyTorch, line for line transformers' Llama. With `config.use_speed_ops=True` its
 modules call these ops instead, where `speed_ops_apply` allows: on CPU (the only device they were measured on),
 not under torch.compile (inductor fuses the plain ops itself, and an autograd.Function is a graph break), and,
 for the backward-pass ops, only when grad is enabled (decoding has nothing to save and only pays per-call overhead).
-Each op computes exactly the plain path's values and gradients (tests/test_modeling.py checks both).
+With `config.chunked_loss=True` the loss is chunked on every device and under torch.compile too, in plain ops
+(`chunked_linear_cross_entropy`). Each op computes exactly the plain path's values and gradients
+(tests/unit/test_modeling.py checks both).
 
     python benchmarks/bench_model.py   # why each op is here: step time and memory against LlamaForCausalLM
 
@@ -190,67 +192,74 @@ def swiglu_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------- chunked cross-entropy
 
 
-class SmolLM2LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden_states @ weight.T` against labels, `chunk_size` tokens at a time.
+def _linear_cross_entropy_and_gradients(hidden_states, weight, labels, chunk_size, needs_hidden_grad,
+                                        needs_weight_grad):
+    """Summed cross-entropy of `hidden_states @ weight.T` against labels, `chunk_size` tokens at a time, and its
+    gradients with respect to `hidden_states` and `weight` (None where not needed), taken chunk by chunk.
 
-    Each chunk's logits live only while that chunk is processed; their gradient is taken right there and multiplied
-    into the hidden-state and weight gradients. Backward only scales the stored gradients: nothing is recomputed,
-    and the (tokens, vocab) logits never exist at once.
+    hidden_states: (tokens, hidden), weight: (vocab, hidden), labels: (tokens,). Each chunk's logits live only while
+    that chunk is processed, in one (chunk, vocab) buffer that serves every chunk, overwritten in place: logits,
+    log-probabilities, d(loss)/d(logits). The (tokens, vocab) logits never exist at once.
     """
+    # Matmuls in autocast's dtype when it is on, as F.linear's would; the softmax in fp32 at least, as
+    # transformers' causal-LM loss upcasts. fp64 stays fp64 (gradcheck).
+    device_type = hidden_states.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = torch.promote_types(hidden_states.dtype, weight.dtype)
+    score_dtype = torch.promote_types(dtype, torch.float32)
+    hidden, weight_in_dtype = hidden_states.to(dtype), weight.to(dtype)
+    tokens, vocab_size = hidden.shape[0], weight.shape[0]
+    logits_buffer = hidden.new_empty(min(chunk_size, tokens), vocab_size)
+    scores_buffer = logits_buffer if dtype == score_dtype else torch.empty_like(logits_buffer, dtype=score_dtype)
+    loss = torch.zeros((), dtype=score_dtype, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if needs_hidden_grad else None
+    grad_weight = None
+    for start in range(0, tokens, chunk_size):
+        chunk = slice(start, start + chunk_size)
+        hidden_chunk, label_chunk = hidden[chunk], labels[chunk]
+        rows = hidden_chunk.shape[0]
+        keep = (label_chunk != IGNORE_INDEX).unsqueeze(1)  # (rows, 1)
+        target = label_chunk.clamp(min=0).unsqueeze(1)  # any valid index on ignored rows; they are masked out
+        logits = torch.mm(hidden_chunk, weight_in_dtype.t(), out=logits_buffer[:rows])  # (rows, vocab)
+        scores = logits if dtype == score_dtype else scores_buffer[:rows].copy_(logits)
+        log_probs = torch.log_softmax(scores, dim=-1, out=scores)  # in place: each row is read before written
+        loss -= log_probs.gather(1, target).masked_fill_(~keep, 0.0).sum()
+        if not (needs_hidden_grad or needs_weight_grad):
+            continue
+        # d(loss)/d(logits) = softmax - one_hot(label); ignored rows are zeroed in the (rows, hidden) factors
+        grad_logits = log_probs.exp_().scatter_add_(1, target, torch.full_like(target, -1, dtype=score_dtype))
+        if grad_logits is not logits:
+            grad_logits = logits.copy_(grad_logits)  # back to the matmul dtype
+        if needs_hidden_grad:
+            torch.mm(grad_logits, weight_in_dtype, out=grad_hidden[chunk]).masked_fill_(~keep, 0.0)
+        if needs_weight_grad:
+            hidden_kept = hidden_chunk.masked_fill(~keep, 0.0)
+            if grad_weight is None:
+                grad_weight = (grad_logits.t() @ hidden_kept).to(score_dtype)
+            elif grad_weight.dtype == dtype:
+                grad_weight.addmm_(grad_logits.t(), hidden_kept)  # summed inside the GEMM: no (vocab, hidden) copy
+            else:
+                grad_weight.add_(grad_logits.t() @ hidden_kept)  # summed in fp32: bf16 sums round small chunks away
+    if grad_hidden is not None:
+        grad_hidden = grad_hidden.to(hidden_states.dtype)
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    return loss, grad_hidden, grad_weight
+
+
+class SmolLM2LinearCrossEntropy(torch.autograd.Function):
+    """`_linear_cross_entropy_and_gradients` as an autograd op, the CPU speed op: backward only scales the gradients
+    taken in forward, so nothing is recomputed."""
 
     @staticmethod
     def forward(ctx, hidden_states, weight, labels, chunk_size, grad_enabled):
-        # hidden_states: (tokens, hidden), weight: (vocab, hidden), labels: (tokens,). needs_input_grad stays True
-        # under torch.no_grad(), so the caller says whether a backward can follow (evaluation skips the gradients).
-        needs_hidden_grad = grad_enabled and ctx.needs_input_grad[0]
-        needs_weight_grad = grad_enabled and ctx.needs_input_grad[1]
-        # Matmuls in autocast's dtype when it is on, as F.linear's would; the softmax in fp32 at least, as
-        # transformers' causal-LM loss upcasts. fp64 stays fp64 (gradcheck).
-        device_type = hidden_states.device.type
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-        else:
-            dtype = torch.promote_types(hidden_states.dtype, weight.dtype)
-        score_dtype = torch.promote_types(dtype, torch.float32)
-        hidden, weight_in_dtype = hidden_states.to(dtype), weight.to(dtype)
-        tokens, vocab_size = hidden.shape[0], weight.shape[0]
-        # One (chunk, vocab) buffer serves every chunk, overwritten in place: logits, log-probabilities,
-        # d(loss)/d(logits).
-        logits_buffer = hidden.new_empty(min(chunk_size, tokens), vocab_size)
-        scores_buffer = logits_buffer if dtype == score_dtype else torch.empty_like(logits_buffer, dtype=score_dtype)
-        loss = torch.zeros((), dtype=score_dtype, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if needs_hidden_grad else None
-        grad_weight = None
-        for start in range(0, tokens, chunk_size):
-            chunk = slice(start, start + chunk_size)
-            hidden_chunk, label_chunk = hidden[chunk], labels[chunk]
-            rows = hidden_chunk.shape[0]
-            keep = (label_chunk != IGNORE_INDEX).unsqueeze(1)  # (rows, 1)
-            target = label_chunk.clamp(min=0).unsqueeze(1)  # any valid index on ignored rows; they are masked out
-            logits = torch.mm(hidden_chunk, weight_in_dtype.t(), out=logits_buffer[:rows])  # (rows, vocab)
-            scores = logits if dtype == score_dtype else scores_buffer[:rows].copy_(logits)
-            log_probs = torch.log_softmax(scores, dim=-1, out=scores)  # in place: each row is read before written
-            loss -= log_probs.gather(1, target).masked_fill_(~keep, 0.0).sum()
-            if not (needs_hidden_grad or needs_weight_grad):
-                continue
-            # d(loss)/d(logits) = softmax - one_hot(label); ignored rows are zeroed in the (rows, hidden) factors
-            grad_logits = log_probs.exp_().scatter_add_(1, target, torch.full_like(target, -1, dtype=score_dtype))
-            if grad_logits is not logits:
-                grad_logits = logits.copy_(grad_logits)  # back to the matmul dtype
-            if needs_hidden_grad:
-                torch.mm(grad_logits, weight_in_dtype, out=grad_hidden[chunk]).masked_fill_(~keep, 0.0)
-            if needs_weight_grad:
-                hidden_kept = hidden_chunk.masked_fill(~keep, 0.0)
-                if grad_weight is None:
-                    grad_weight = (grad_logits.t() @ hidden_kept).to(score_dtype)
-                elif grad_weight.dtype == dtype:
-                    grad_weight.addmm_(grad_logits.t(), hidden_kept)  # summed inside the GEMM: no (vocab, hidden) copy
-                else:
-                    grad_weight.add_(grad_logits.t() @ hidden_kept)  # summed in fp32: bf16 sums round small chunks away
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden.to(hidden_states.dtype)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
+        # needs_input_grad stays True under torch.no_grad(), so the caller says whether a backward can follow
+        # (evaluation skips the gradients).
+        loss, grad_hidden, grad_weight = _linear_cross_entropy_and_gradients(
+            hidden_states, weight, labels, chunk_size, grad_enabled and ctx.needs_input_grad[0],
+            grad_enabled and ctx.needs_input_grad[1])
         ctx.save_for_backward(grad_hidden, grad_weight)
         return loss
 
@@ -266,6 +275,28 @@ class SmolLM2LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
+def chunked_linear_cross_entropy(hidden_states, weight, labels, chunk_size):
+    """The same summed loss and gradients in plain PyTorch ops, for every device and for torch.compile (an
+    autograd.Function would be a graph break, or an opaque node the compiler cannot fuse into).
+
+    The gradients are taken in forward without building a graph, then attached to the result through
+    `surrogate - surrogate.detach()`: zero in value, with exactly those gradients (the surrogate is linear in
+    `hidden_states` and `weight`), so autograd keeps two (tokens, hidden) and (vocab, hidden) tensors for backward
+    instead of the logits and their softmax, and recomputes nothing.
+    """
+    needs_hidden_grad = torch.is_grad_enabled() and hidden_states.requires_grad
+    needs_weight_grad = torch.is_grad_enabled() and weight.requires_grad
+    with torch.no_grad():
+        loss, grad_hidden, grad_weight = _linear_cross_entropy_and_gradients(
+            hidden_states, weight, labels, chunk_size, needs_hidden_grad, needs_weight_grad)
+    surrogate = loss.new_zeros(())
+    if grad_hidden is not None:
+        surrogate = surrogate + (hidden_states * grad_hidden).sum()
+    if grad_weight is not None:
+        surrogate = surrogate + (weight * grad_weight).sum()
+    return loss + (surrogate - surrogate.detach())
+
+
 def causal_lm_loss(
     hidden_states: torch.Tensor,
     weight: torch.Tensor,
@@ -273,22 +304,28 @@ def causal_lm_loss(
     chunk_size: int,
     num_items_in_batch: torch.Tensor | int | None = None,
     shift_labels: torch.LongTensor | None = None,
+    speed_op: bool = False,
     **kwargs,
 ) -> torch.Tensor:
     """transformers' causal-LM loss (`ForCausalLMLoss`) of `hidden_states @ weight.T`, without the logits.
 
     labels (batch, seq) are shifted here (position t predicts t + 1), unless `shift_labels` gives them shifted
     already; the token sum is divided by `num_items_in_batch` when given (gradient accumulation), else by the
-    number of kept tokens. Other keyword arguments (the model's forward kwargs) are ignored, as the stock loss does.
+    number of kept tokens. `speed_op`: the hand-written autograd op (CPU training), else the plain ops of
+    `chunked_linear_cross_entropy`. Other keyword arguments (the model's forward kwargs) are ignored, as the stock
+    loss does.
     """
     if shift_labels is None:
         # padding the labels rather than slicing the hidden states: no copy of the activations
         shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
     shift_labels = shift_labels.reshape(-1).to(hidden_states.device)  # (batch * seq,)
     hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])  # (batch * seq, hidden)
-    loss_sum = SmolLM2LinearCrossEntropy.apply(
-        hidden_states, weight, shift_labels, chunk_size, torch.is_grad_enabled()
-    )
+    if speed_op:
+        loss_sum = SmolLM2LinearCrossEntropy.apply(
+            hidden_states, weight, shift_labels, chunk_size, torch.is_grad_enabled()
+        )
+    else:
+        loss_sum = chunked_linear_cross_entropy(hidden_states, weight, shift_labels, chunk_size)
     if num_items_in_batch is None:
         num_items_in_batch = (shift_labels != IGNORE_INDEX).sum()
     if torch.is_tensor(num_items_in_batch):

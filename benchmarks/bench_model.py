@@ -10,7 +10,8 @@ warm-up steps, so that drift in a shared machine's load hits both alike, and the
     python benchmarks/bench_model.py --batch_size 1 --skip memory  # one sequence: the matmuls' least efficient shape
     python benchmarks/bench_model.py --config tiny --repeats 3  # a few seconds
     python benchmarks/bench_model.py --skip train generate --batch_size 4 --block_size 2048 --layers 2  # memory
-    python benchmarks/bench_model.py --batch_size 8 --block_size 2048 --dtype bf16 --compile       # on a GPU
+    python benchmarks/bench_model.py --batch_size 8 --block_size 2048 --bf16_autocast --skip memory generate
+                                                      # on a GPU, as the app trains: fp32 weights under bf16 autocast
     python benchmarks/bench_model.py --layers 6 --skip generate --without rope  # one op's share of speed and memory
 
 Reported per model: median step time (forward + backward + AdamW step), tokens/s, MFU, the step's extra memory,
@@ -76,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=8, help="sequences per step (the recipe's 8)")
     parser.add_argument("--block_size", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter and compute dtype")
+    parser.add_argument("--bf16_autocast", action="store_true",
+                        help="forward under bf16 autocast (with --dtype fp32: the app's --bf16, fp32 master weights)")
     parser.add_argument("--device", default="auto", help="auto (a GPU that works, else MPS, else CPU), cpu, cuda, cuda:1 ...")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per model (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions per model first")
@@ -150,8 +153,10 @@ def make_optimizer(model) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
 
 
-def train_step(model, optimizer, input_ids):
-    loss = model(input_ids=input_ids, labels=input_ids).loss
+def train_step(model, optimizer, input_ids, autocast=False):
+    # the forward under bf16 autocast, backward and optimizer outside it: what the Trainer's --bf16 does (accelerate)
+    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -212,14 +217,15 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def cuda_step_memory(model, optimizer, input_ids) -> int:
+def cuda_step_memory(model, optimizer, input_ids, autocast) -> int:
     """Peak bytes allocated during one training step above what was allocated before it."""
-    train_step(model, optimizer, input_ids)  # AdamW's moments exist afterwards; the step's memory excludes them
+    # AdamW's moments exist afterwards; the step's memory excludes them
+    train_step(model, optimizer, input_ids, autocast)
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(input_ids.device)
     before = torch.cuda.memory_allocated(input_ids.device)
-    train_step(model, optimizer, input_ids)
+    train_step(model, optimizer, input_ids, autocast)
     return torch.cuda.max_memory_allocated(input_ids.device) - before
 
 
@@ -238,7 +244,7 @@ def cpu_step_memory_child(args, name, queue):
     model = prepare_for_training(build_model(name, config, torch.device("cpu"), DTYPES[args.dtype]), args)
     optimizer = make_optimizer(model)
     input_ids = torch.randint(0, config.vocab_size, (args.batch_size, args.block_size))
-    train_step(model, optimizer, input_ids)
+    train_step(model, optimizer, input_ids, args.bf16_autocast)
     gc.collect()
     before = resident_bytes()
     peak = before
@@ -252,7 +258,7 @@ def cpu_step_memory_child(args, name, queue):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    train_step(model, optimizer, input_ids)
+    train_step(model, optimizer, input_ids, args.bf16_autocast)
     done.set()
     sampler.join()
     queue.put(peak - before)
@@ -322,13 +328,15 @@ def main(argv=None):
     step_flops = flops_per_token(config, args.block_size, ours.num_parameters()) * tokens
     # On CPU the peak is measured in the timing rounds below, unless given
     interleaved_peak = device.type == "cpu" and not args.peak_tflops
-    peak = None if interleaved_peak else device_peak_flops(device, dtype, args.peak_tflops)
+    matmul_dtype = torch.bfloat16 if args.bf16_autocast else dtype
+    peak = None if interleaved_peak else device_peak_flops(device, matmul_dtype, args.peak_tflops)
 
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device_name}; torch {torch.__version__}; dtype {args.dtype}")
+    print(f"device: {device_name}; torch {torch.__version__}; dtype {args.dtype}"
+          f"{', bf16 autocast' if args.bf16_autocast else ''}")
     print(
         f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, "
         f"{ours.num_parameters():,} parameters; step {args.batch_size} x {args.block_size} tokens"
@@ -345,16 +353,18 @@ def main(argv=None):
         for name, model in models.items():
             prepare_for_training(model, args)
             optimizer = make_optimizer(model)
-            steps[name] = lambda model=model, optimizer=optimizer: train_step(model, optimizer, input_ids)
+            steps[name] = lambda model=model, optimizer=optimizer: train_step(model, optimizer, input_ids,
+                                                                              args.bf16_autocast)
             if args.compile and device.type == "cuda":
                 compiled = torch.compile(model)
-                steps[f"{name}+compile"] = lambda c=compiled, o=optimizer: train_step(c, o, input_ids)
+                steps[f"{name}+compile"] = lambda c=compiled, o=optimizer: train_step(c, o, input_ids,
+                                                                                      args.bf16_autocast)
                 rows[f"{name}+compile"] = {}
         if args.compile and device.type != "cuda":
             print("--compile skipped: inductor's CPU compile takes minutes and is not what this benchmark is for")
         if interleaved_peak:
-            steps["matmul"], matmul_flops = matmul_probe(dtype=dtype)
-            own = model_matmuls(config, tokens, dtype)
+            steps["matmul"], matmul_flops = matmul_probe(dtype=matmul_dtype)
+            own = model_matmuls(config, tokens, matmul_dtype)
             steps.update({f"matmuls:{name}": run for name, (run, _, _) in own.items()})
         times = time_interleaved(steps, device, args.warmup, args.repeats)
         matmul_times = times.pop("matmul", None)
@@ -386,7 +396,7 @@ def main(argv=None):
                 prepare_for_training(model, args)
                 optimizer = make_optimizer(model)
                 input_ids = torch.randint(0, config.vocab_size, (args.batch_size, args.block_size), device=device)
-                rows[name]["memory"] = cuda_step_memory(model, optimizer, input_ids)
+                rows[name]["memory"] = cuda_step_memory(model, optimizer, input_ids, args.bf16_autocast)
             else:
                 rows[name]["memory"] = cpu_step_memory(args, name)
 

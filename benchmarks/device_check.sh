@@ -1,42 +1,121 @@
 #!/usr/bin/env bash
-# The GPU check, one script for a lent machine (about 8 minutes on one H100):
-#   1. bench_model at the recipe's shape (8 x 2048, bf16): ours vs LlamaForCausalLM, eager and torch.compile
-#   2. a few hundred steps of run_pretrain.py (the real app) on local data, eager and --torch_compile
-# and a table of tokens/s, MFU and peak memory at the end.
-#   bash benchmarks/device_check.sh [STEPS]        (default 300)
+# The app on a GPU, checked in one run on a lent GPU machine (one H200: under 7 minutes), each figure printed as it
+# comes:
+#   1. the app's own training step (benchmarks/bench_app.py: run_pretrain's flags and device defaults, its data
+#      pipeline, Trainer and callbacks) at the recipe's 8 x 2048 tokens, fp32 weights under bf16 autocast: eager,
+#      --torch_compile, and --torch_compile --chunked_loss; step time, data wait, tokens/s, MFU, peak memory;
+#   2. ours against transformers' LlamaForCausalLM, same weights, shape and precision, both eager (bench_model.py).
+# Nothing large is written (no checkpoint, no model): the output and the three runs' training logs, 4 small files,
+# go to $OUT (default /tmp/device_check).
+#
+#   bash benchmarks/device_wheels.sh             # here, once: the packages that machine lacks, as wheels in .whl/
+#   bash benchmarks/device_check.sh              # there, with .whl carried along
+#   bash benchmarks/device_check.sh --cpu-smoke  # the same script end to end at a tiny shape on CPU (a test runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-300}
+case "${1:-}" in
+  "") smoke=false ;;
+  --cpu-smoke) smoke=true ;;
+  *) echo "error: unknown option: $1 (use: bash benchmarks/device_check.sh [--cpu-smoke])" >&2; exit 2 ;;
+esac
 out=${OUT:-/tmp/device_check}
 mkdir -p "$out"
-python -c "import transformers, datasets, torchdata" 2>/dev/null || pip install -q -r requirements.txt
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-python benchmarks/bench_model.py --batch_size 8 --block_size 2048 --dtype bf16 --repeats 5 --compile \
-  --skip memory 2>&1 | tee "$out/bench_model.txt"
-
-# local data: the CPython docs corpus, repeated until it holds the tokens of `steps` steps
-python - "$out/data" "$steps" <<'PY'
+if ! $smoke && compgen -G ".whl/*.whl" >/dev/null; then  # wheels for that machine's Python 3.12
+  site=$(mktemp -d)
+  python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# every requirement of the app and of the packages it imports, checked before a GPU second is spent: one line
+python3 - <<'PY'
+import importlib.metadata as metadata
+import platform
 import sys
-sys.path.insert(0, "benchmarks")
-from bench_data import write_corpus
-write_corpus(sys.argv[1], copies=int(sys.argv[2]) * 8 * 2048 // 100_000 + 2)
-PY
-for compile in false true; do
-  python run_pretrain.py --tokenizer_name assets/smollm2_tokenizer --train_file "$out/data/part*.jsonl" \
-    --validation_documents 200 --max_steps "$steps" --logging_steps 25 --eval_steps 100000 --save_steps 100000 \
-    --generation_steps 0 --torch_compile "$compile" --output_dir "$out/run_compile_$compile" --disable_tqdm true 2>&1 | tail -n 4
-done
 
-python - "$out" <<'PY'
-import json, os, statistics, sys
-out = sys.argv[1]
-print(f"\n{'app run':<22} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
-for compile in ("false", "true"):
-    folder = os.path.join(out, f"run_compile_{compile}")
-    rows = [json.loads(l) for l in open(os.path.join(folder, "training_log.jsonl"))]
-    train = [r for r in rows if r["type"] == "train"][2:]  # past warm-up and compilation
-    peak = max(r.get("peak_memory_gb") or 0 for r in train)
-    print(f"{'torch_compile=' + compile:<22} {statistics.median(r['tokens_per_second'] for r in train):>10,.0f} "
-          f"{statistics.median(r['mfu'] for r in train):>7.1%} {peak:>9.1f}")
+from packaging.requirements import Requirement
+
+problems = []
+
+
+def check(requirement: Requirement, needed_by: str) -> None:
+    if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+        return
+    try:
+        version = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        problems.append(f"{needed_by} needs {requirement}: not installed")
+        return
+    if not requirement.specifier.contains(version, prereleases=True):
+        problems.append(f"{needed_by} needs {requirement}: found {version}")
+
+
+app = [Requirement(line.split("#")[0].strip()) for line in open("requirements.txt") if line.split("#")[0].strip()]
+for requirement in app:
+    if requirement.name not in ("gguf", "tensorboard", "matplotlib"):  # exports, trackers, curves: not measured here
+        check(requirement, "the app")
+for name in ("transformers", "datasets", "torchdata", "accelerate"):
+    try:
+        requires = metadata.requires(name) or []
+    except metadata.PackageNotFoundError:
+        continue  # named above, as a requirement of the app
+    for text in requires:
+        check(Requirement(text), name)
+if problems:
+    sys.exit("error: " + "; ".join(problems) + " (bash benchmarks/device_wheels.sh where pip works, then carry .whl)")
+versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("torch", "transformers", "accelerate", "datasets"))
+print(f"python {platform.python_version()}, {versions}")
 PY
+
+if $smoke; then
+  # a tiny model, a few steps, the compile path without a C++ build
+  app=(--config tiny --block_size 64 --batch_size 2 --max_steps 6 --logging_steps 2 --warmup_rows 1
+       --torch_compile_backend aot_eager)
+  llama=(--config tiny --batch_size 2 --block_size 64 --repeats 2 --warmup 1)
+  deadline=$((SECONDS + 900))  # shared CPUs are slow and vary
+else
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  app=()
+  llama=(--batch_size 8 --block_size 2048 --repeats 5)
+  deadline=$((SECONDS + 410))  # the whole check in under 7 minutes, however long a compile takes
+fi
+: > "$out/summary.txt"
+failed=0
+
+# stage NAME COMMAND...: COMMAND in the time left, its output on the terminal and in summary.txt as it comes; a stage
+# that fails or runs out of time is named, and the next one still runs
+stage() {
+  local name=$1 left=$((deadline - SECONDS)) status
+  shift
+  echo "== $name"
+  if ((left < 30)); then
+    echo "$name: not run, out of time" | tee -a "$out/summary.txt"
+    failed=1
+    return
+  fi
+  set +e
+  timeout "$left" "$@" 2>&1 | tee -a "$out/summary.txt"
+  status=${PIPESTATUS[0]}
+  set -e
+  if ((status != 0)); then
+    echo "$name: $( ((status == 124)) && echo "stopped, out of time" || echo "failed (exit $status)")" |
+      tee -a "$out/summary.txt"
+    failed=1
+  fi
+}
+
+variants=("eager" "compiled" "compiled + chunked loss")
+flags=("" "--torch_compile" "--torch_compile --chunked_loss")
+for i in 0 1 2; do
+  # shellcheck disable=SC2086  # the flags are words
+  stage "app, ${variants[$i]}" python3 benchmarks/bench_app.py "${app[@]}" ${flags[$i]} \
+    --label "app, ${variants[$i]}" --log_copy "$out/app_$i.jsonl"
+done
+stage "ours against LlamaForCausalLM, eager" \
+  python3 benchmarks/bench_model.py "${llama[@]}" --bf16_autocast --skip memory generate
+
+echo "== results"
+grep -e "^app, " "$out/summary.txt" || true
+grep -A 2 -e "^model *step ms" "$out/summary.txt" || true
+grep -e "training step speed, ours / llama" "$out/summary.txt" || true
+exit $failed

@@ -2,7 +2,8 @@
 
     arguments.py   the flags (ModelArguments, PretrainingArguments; data/arguments.py: DataArguments) and parsing
     errors.py      the error types and the one-line report
-    devices.py     the default device, its defaults, GPU peaks for MFU
+    devices.py     the default device, what it reports, the decisions from it (precision, one GPU per process),
+                   GPU peaks for MFU
     hub.py         loading by Hub id or folder, and Hub failures in one line
     model.py       tokenizer, config and model of a run
     data/          the streamed, tokenized, packed data (see data/__init__.py)

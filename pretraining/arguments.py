@@ -43,6 +43,10 @@ class ModelArguments:
         "help": "Attention backend: 'sdpa' (fast kernels), 'eager' (exact reference) or 'flash_attention_2' (CUDA "
                 "with the flash-attn package; with --document_masking its variable-length path).",
         "choices": ["sdpa", "eager", "flash_attention_2"]})
+    chunked_loss: bool = field(default=False, metadata={
+        "help": "Compute the training loss 1024 tokens at a time in plain PyTorch ops (any device, torch.compile), "
+                "never holding the (batch, seq, vocab) logits (3.2 GB per fp32 copy at 8 x 2048), with the same values "
+                "and gradients. Off until measured on a GPU; on CPU the speed ops chunk the loss anyway."})
 
 
 @dataclass
@@ -166,6 +170,11 @@ class PretrainingArguments(TrainingArguments):
         self.dataloader_num_workers = self.dataloader_num_workers or 0
         self.disable_tqdm = bool(self.disable_tqdm)
         super().__post_init__()
+        # One process trains on one device. With several GPUs and no launcher the Trainer would wrap the model in
+        # nn.DataParallel over all of them (a batch of per_device_train_batch_size x their number, which the recipe's
+        # batch, tokens_seen and tokens/s do not count); the Trainer pins n_gpu to 1 the same way for model parallelism.
+        # run_pretrain says how to use every GPU (devices.unused_gpus_hint).
+        self._n_gpu = min(self._n_gpu, 1)
 
 
     def resolve_wsd(self) -> list[str]:
@@ -223,20 +232,24 @@ def config_file_argv(path: str) -> list[str]:
 
 
 def apply_device_defaults(values: dict, device: DeviceReport, interactive: bool) -> None:
-    """The defaults that depend on the machine, for the training flags left at None: bf16 where the device supports
-    it, 2 DataLoader workers on CUDA, pinned memory only for host-to-GPU copies, a progress bar only on a terminal
+    """The defaults that depend on the machine, for the training flags left at None: bf16 where the GPU has it in
+    hardware (not where torch would emulate it) and fp16 was not asked for, 2 DataLoader workers on CUDA, pinned
+    memory and non-blocking batch copies only for host-to-GPU copies, a progress bar only on a terminal
     (`interactive`). On a CPU-only machine use_cpu is set, without which accelerate starts no DDP on CPU under
     torchrun (gloo)."""
     if device.type == "cpu":
         values["use_cpu"] = True
     cuda = device.type == "cuda" and not values["use_cpu"]
     if values["bf16"] is None:
-        values["bf16"] = cuda and device.bf16
+        values["bf16"] = cuda and device.bf16 and not values["fp16"]
     if values["disable_tqdm"] is None:
         values["disable_tqdm"] = not interactive
     if values["dataloader_num_workers"] is None:
         values["dataloader_num_workers"] = 2 if cuda else 0
     values["dataloader_pin_memory"] = values["dataloader_pin_memory"] and cuda
+    if values["dataloader_pin_memory"] and values["accelerator_config"] is None:
+        # a blocking copy of each batch would make the host wait for the GPU at every micro-step
+        values["accelerator_config"] = {"non_blocking": True}
 
 
 def parse_args(argv: list[str], device: DeviceReport,

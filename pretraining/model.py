@@ -76,8 +76,9 @@ def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer
                             "(pip install flash-attn); use sdpa here")
     config._attn_implementation = model_args.attn_implementation
     # smollm2_ops' backward passes and chunked loss: faster, less memory; the model runs them only where measured.
-    # A runtime setting: no saved config.json holds it.
+    # Runtime settings: no saved config.json holds them.
     config.use_speed_ops = True
+    config.chunked_loss = model_args.chunked_loss
     return config
 
 

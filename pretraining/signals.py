@@ -56,10 +56,15 @@ class StopOnSignal(TrainerCallback):
         self.received = None
         self.step = 0  # the last finished step, for the abort message
         self._previous = {}
+        self._group = None  # a gloo group for the flag (on_train_begin)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.step = state.global_step
         self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        if args.world_size > 1 and self._group is None:
+            # The flag travels on the host, over gloo: read back from an all-reduce on the GPU (NCCL), it would make
+            # the host wait for all queued GPU work at every step, a second sync beside the non-finite check's.
+            self._group = torch.distributed.new_group(backend="gloo")
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.received == signal.SIGINT:
@@ -77,8 +82,8 @@ class StopOnSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.step = state.global_step
         if args.world_size > 1:
-            flag = torch.tensor([float(self.received or 0)], device=args.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            flag = torch.tensor([float(self.received or 0)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
             if flag.item() and self.received is None:
                 self.received = signal.Signals(int(flag.item()))
         if self.received is not None:

@@ -199,9 +199,10 @@ class PretrainingTrainer(Trainer):
     def _get_grad_norm(self, model, grad_norm=None):
         # The Trainer calls this before every optimizer step, with the norm that clipping took or, when
         # max_grad_norm is 0, to compute one: the guard works with and without clipping.
-        grad_norm = super()._get_grad_norm(model, grad_norm)
-        # a device sync, once per step: the price of never applying a non-finite update
-        if math.isfinite(float(grad_norm)):
+        # The run's one device sync per optimizer step, the price of never applying a non-finite update. Returned as
+        # the float it now is (as the Trainer's own docstring has it), so that logging reads no tensor again.
+        grad_norm = float(super()._get_grad_norm(model, grad_norm))
+        if math.isfinite(grad_norm):
             self.nonfinite_in_a_row = 0
             return grad_norm
         self.nonfinite_in_a_row += 1
@@ -209,7 +210,7 @@ class PretrainingTrainer(Trainer):
         step = self.state.global_step + 1
         # the norm is all-reduced, so every rank skips the same steps; one of them says so
         if self.args.should_log:
-            print(f"warning: step {step}: non-finite loss or gradient norm ({float(grad_norm)}); update skipped "
+            print(f"warning: step {step}: non-finite loss or gradient norm ({grad_norm}); update skipped "
                   f"({self.nonfinite_in_a_row} in a row)", flush=True)
         if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
             raise NonFiniteLossError(

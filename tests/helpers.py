@@ -114,6 +114,29 @@ def tiny_args(output_dir, train_file, validation_file=None, **overrides) -> list
     return argv
 
 
+def in_process_trainer(output_dir, corpus, callbacks, **overrides):
+    """The app's trainer for a tiny run (`tiny_args`), built in this process as run_pretrain builds it, with
+    `callbacks` added."""
+    import run_pretrain
+    from pretraining.arguments import parse_args
+    from pretraining.data import build_datasets
+    from pretraining.devices import DeviceReport
+    from pretraining.model import build_config, build_model, load_tokenizer
+    from pretraining.run_folder import run_identity
+
+    model_args, data_args, args = parse_args(tiny_args(output_dir, *corpus, **overrides), DeviceReport("cpu"))
+    tokenizer = load_tokenizer(model_args)
+    config = build_config(model_args, data_args, tokenizer)
+    model = build_model(model_args, config)
+    os.makedirs(output_dir, exist_ok=True)  # a new run's folder, with its identity (checkpoints copy it)
+    run_pretrain.record_identity(None, None, 0, run_identity(config, tokenizer, model_args, data_args, args), args,
+                                 streams=1)
+    trainer = run_pretrain.build_trainer(data_args, args, tokenizer, model, build_datasets(data_args, tokenizer))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer
+
+
 def without_train_file(argv: list[str]) -> list[str]:
     argv = list(argv)
     del argv[argv.index("--train_file"):argv.index("--train_file") + 2]
@@ -180,6 +203,35 @@ def wait_for_step(output_dir, step, process, timeout=300):
             pass
         time.sleep(0.2)
     raise TimeoutError(f"no step {step} within {timeout}s")
+
+
+# ---- host syncs ----
+
+def host_syncs():
+    """A TorchDispatchMode that counts, while active, what makes the host wait for a device: reading a tensor's value
+    on the host (`.item()`, `float()`, `bool()`: `aten._local_scalar_dense`) and blocking copies between devices. On
+    CPU only the reads show (nothing needs copying); in a CUDA run each of them would wait for the GPU."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+
+    class HostSyncs(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is aten._local_scalar_dense.default:
+                self.count += 1
+            elif func is aten._to_copy.default and kwargs.get("device") is not None:
+                moves = torch.device(kwargs["device"]) != args[0].device
+                self.count += moves and not kwargs.get("non_blocking", False)
+            elif func is aten.copy_.default:
+                non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
+                self.count += args[0].device != args[1].device and not non_blocking
+            return func(*args, **kwargs)
+
+    return HostSyncs()
 
 
 # ---- bad input ----

@@ -12,14 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import run_pretrain
-from helpers import losses, read_log, run_app, start_app, tiny_args, wait_for_step, with_flag, write_jsonl
-from pretraining.arguments import parse_args
+from helpers import (in_process_trainer, losses, read_log, run_app, start_app, tiny_args, wait_for_step, with_flag,
+                     write_jsonl)
 from pretraining.checkpoints import checkpoint_problem
-from pretraining.data import build_datasets
-from pretraining.devices import DeviceReport
 from pretraining.errors import NonFiniteLossError
-from pretraining.model import build_config, build_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -242,17 +238,6 @@ class Snapshot(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         self.weights[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def in_process_trainer(output_dir, corpus, callbacks, **overrides):
-    model_args, data_args, args = parse_args(tiny_args(output_dir, *corpus, **overrides), DeviceReport("cpu"))
-    tokenizer = load_tokenizer(model_args)
-    config = build_config(model_args, data_args, tokenizer)
-    model = build_model(model_args, config)
-    trainer = run_pretrain.build_trainer(data_args, args, tokenizer, model, build_datasets(data_args, tokenizer))
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    return trainer
 
 
 @pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])

@@ -41,26 +41,31 @@ def test_config_file_with_flags_overriding_it(tmp_path):
 
 
 def test_the_device_decides_the_defaults_left_open():
-    """bf16, DataLoader workers and pinned memory follow what the device reports (decided from a report, so that a
-    GPU's decision is tested here without one), a progress bar only on a terminal; a flag given always wins."""
-    unset = {"use_cpu": False, "bf16": None, "disable_tqdm": None, "dataloader_num_workers": None,
-             "dataloader_pin_memory": True}
+    """bf16, DataLoader workers, pinned memory and non-blocking batch copies follow what the device reports (decided
+    from a report, so that a GPU's decision is tested here without one), a progress bar only on a terminal; a flag
+    given always wins."""
+    unset = {"use_cpu": False, "bf16": None, "fp16": False, "disable_tqdm": None, "dataloader_num_workers": None,
+             "dataloader_pin_memory": True, "accelerator_config": None}
 
     def decided(device, interactive=False, **given):
         values = {**unset, **given}
         apply_device_defaults(values, device, interactive)
         return values
 
-    assert decided(DeviceReport("cuda", bf16=True)) == {
-        "use_cpu": False, "bf16": True, "disable_tqdm": True, "dataloader_num_workers": 2,
-        "dataloader_pin_memory": True}
-    assert decided(DeviceReport("cuda", bf16=False))["bf16"] is False  # a GPU without bf16: fp32
-    assert decided(DeviceReport("cuda", bf16=True), use_cpu=True)["bf16"] is False  # --use_cpu on a GPU machine
+    h100 = DeviceReport("cuda", bf16=True, name="NVIDIA H100 80GB HBM3")
+    assert decided(h100) == {
+        "use_cpu": False, "bf16": True, "fp16": False, "disable_tqdm": True, "dataloader_num_workers": 2,
+        "dataloader_pin_memory": True, "accelerator_config": {"non_blocking": True}}
+    # a T4 or V100: torch would emulate bf16 (is_bf16_supported() says yes), slower than fp32
+    assert decided(DeviceReport("cuda", bf16=False, name="Tesla T4"))["bf16"] is False
+    assert decided(h100, fp16=True)["bf16"] is False  # --fp16 asked for: not both
+    assert decided(h100, use_cpu=True)["bf16"] is False  # --use_cpu on a GPU machine
+    assert decided(h100, accelerator_config="accelerate.json")["accelerator_config"] == "accelerate.json"
     assert decided(DeviceReport("cpu")) == {
-        "use_cpu": True, "bf16": False, "disable_tqdm": True, "dataloader_num_workers": 0,
-        "dataloader_pin_memory": False}
+        "use_cpu": True, "bf16": False, "fp16": False, "disable_tqdm": True, "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False, "accelerator_config": None}
     assert decided(DeviceReport("mps"), interactive=True)["disable_tqdm"] is False
-    assert decided(DeviceReport("cuda", bf16=True), bf16=False, dataloader_num_workers=5)["bf16"] is False
+    assert decided(h100, bf16=False, dataloader_num_workers=5)["bf16"] is False
     # and through the parser, on this machine's CPU
     explicit = parse_args(["--dataloader_num_workers", "3", "--disable_tqdm", "false"], DeviceReport("cpu"))[2]
     assert (explicit.bf16, explicit.dataloader_num_workers, explicit.disable_tqdm, explicit.use_cpu) == (

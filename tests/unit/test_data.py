@@ -394,3 +394,28 @@ def test_each_rank_reads_its_own_documents_and_together_all(tmp_path, tokenizer,
     rank0, rank1, single = documents(0, 2), documents(1, 2), documents(0, 1)
     assert rank0 and rank1 and not set(rank0) & set(rank1)
     assert sorted(rank0 + rank1) == sorted(single) and len(single) == len(texts) - 10  # held out: never trained on
+
+
+def test_flattened_blocks_are_data_collator_with_flattenings_layout_with_the_flash_kwargs():
+    """Document masking under flash attention: the blocks of a batch as one row, with the documents' boundaries as
+    flash attention's kwargs, exactly what transformers' DataCollatorWithFlattening(return_flash_attn_kwargs=True)
+    makes of the same documents; all computed on the host, in the collator."""
+    from transformers import DataCollatorWithFlattening
+
+    documents = [[11, 12, 13], [21, 22, 23, 24, 25], [31, 32], [41, 42, 43, 44], [51, 52]]
+    blocks = [documents[:2], documents[2:]]  # two blocks of 8 tokens, as the packer cuts them with document masking
+    samples = []
+    for block in blocks:
+        input_ids = torch.tensor([token for document in block for token in document])
+        position_ids = torch.cat([torch.arange(len(document)) for document in block])
+        samples.append({"input_ids": input_ids, "labels": input_ids.masked_fill(position_ids == 0, -100),
+                        "position_ids": position_ids, "data_pass": 1})
+    row = collate_blocks(samples, flatten=True)
+    reference = DataCollatorWithFlattening(return_flash_attn_kwargs=True)([{"input_ids": d} for d in documents])
+    assert set(row) == set(reference) | {"data_pass"}
+    for key, expected in reference.items():
+        if torch.is_tensor(expected):
+            assert row[key].dtype == expected.dtype and torch.equal(row[key], expected), key
+        else:
+            assert row[key] == expected and type(row[key]) is int, key  # a Python int: no tensor to read back
+    assert row["cu_seq_lens_q"].tolist() == [0, 3, 8, 10, 14, 16] and row["max_length_q"] == 5

@@ -12,11 +12,13 @@ weights, saved folders in fresh processes and flex attention's compiled kernel a
 import copy
 import json
 import re
+from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
 from transformers.utils import is_flash_attn_2_available
@@ -24,10 +26,12 @@ from transformers.utils import is_flash_attn_2_available
 import modeling_smollm2
 import smollm2_ops
 from configuration_smollm2 import SmolLM2Config
+from helpers import host_syncs
 from modeling_smollm2 import SmolLM2ForCausalLM
 from smollm2_ops import SmolLM2RMSNormFunction, SmolLM2RotaryFunction, SmolLM2SwiGLUFunction, causal_lm_loss
 
 
+FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 LLAMA_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -496,18 +500,46 @@ def test_custom_4d_mask_equals_the_2d_padding_mask():
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa", "sdpa compiled"])
 def test_packed_sequences_without_padding_equal_each_document_alone(attn_implementation):
-    """Padding-free packing (DataCollatorWithFlattening): one row, position_ids restarting at 0 per document."""
-    model = tiny_model(attn_implementation=attn_implementation)
+    """Padding-free packing (DataCollatorWithFlattening, --document_masking): one row, position_ids restarting at 0
+    per document. Under torch.compile too: there SDPA gets the block-diagonal mask."""
+    model = tiny_model(attn_implementation=attn_implementation.split()[0])
     generator = torch.Generator().manual_seed(15)
     documents = [torch.randint(1, model.config.vocab_size, (1, n), generator=generator) for n in (5, 8, 3)]
     packed = torch.cat(documents, dim=1)
     position_ids = torch.cat([torch.arange(doc.shape[1]) for doc in documents])[None]
     with torch.no_grad():
-        logits = model(packed, position_ids=position_ids, use_cache=False).logits  # no cache: a training batch
         alone = torch.cat([model(doc).logits for doc in documents], dim=1)
-    torch.testing.assert_close(logits, alone, atol=1e-5, rtol=0)
+        if attn_implementation == "sdpa compiled":
+            calls, outputs = compiled_sdpa_calls(model, packed, position_ids=position_ids, use_cache=False)
+            assert calls and all(call.attn_mask is not None and not call.is_causal for call in calls)
+        else:
+            outputs = model(packed, position_ids=position_ids, use_cache=False)  # no cache: a training batch
+    torch.testing.assert_close(outputs.logits, alone, atol=1e-5, rtol=0)
+
+
+def test_flash_attention_kwargs_reach_every_layers_attention_function():
+    """cu_seq_lens_q/k and max_length_q/k given to forward (the app's collator gives them with --document_masking
+    under flash attention) reach the attention function of every layer as they are, so that flash attention need not
+    derive them from position_ids in each layer. Seen through an attention function registered with transformers
+    (its registry, as any backend is), which records them and computes SDPA."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    received = []
+
+    def recording_attention(module, query, key, value, attention_mask, **kwargs):
+        received.append({name: kwargs.get(name) for name in FLASH_KWARGS})
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("recording_sdpa", recording_attention)
+    model = tiny_model(attn_implementation="recording_sdpa")
+    cu_seq_lens = torch.tensor([0, 3, 8, 10], dtype=torch.int32)
+    flash_kwargs = dict(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=5, max_length_k=5)
+    with torch.no_grad():
+        model(torch.arange(1, 11)[None], position_ids=torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1]]), **flash_kwargs)
+    assert received == [flash_kwargs] * model.config.num_hidden_layers
 
 
 def test_unknown_keyword_arguments_are_passed_on_like_llamas():
@@ -568,9 +600,11 @@ def test_a_checkpoint_of_the_earlier_app_with_its_runtime_settings_loads(tmp_pat
 # --------------------------------------------------------------------------------- speed ops (smollm2_ops.py)
 
 
+@pytest.mark.parametrize("speed_op", [True, False])
 @pytest.mark.parametrize("num_items_in_batch", [None, 11])
 @pytest.mark.parametrize("loss_chunk_size", [7, 4096])
-def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chunk_size):
+def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chunk_size, speed_op):
+    """The CPU speed op (an autograd.Function) and the plain ops that run everywhere (chunked_loss)."""
     # full vocabulary, narrow hidden, 2 x 10 tokens: chunks of 7 leave a remainder of 6
     model = tiny_model(vocab_size=49152, hidden_size=32, intermediate_size=64)
     weight = model.lm_head.weight
@@ -581,7 +615,7 @@ def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chun
     labels[1, 7] = -100
 
     def chunked_loss():
-        return causal_lm_loss(hidden_states, weight, labels, loss_chunk_size, num_items_in_batch)
+        return causal_lm_loss(hidden_states, weight, labels, loss_chunk_size, num_items_in_batch, speed_op=speed_op)
 
     chunked = chunked_loss()
     chunked_grads = torch.autograd.grad(chunked, (hidden_states, weight))
@@ -602,9 +636,10 @@ def test_chunked_loss_matches_the_full_logits_loss(num_items_in_batch, loss_chun
         torch.testing.assert_close(chunked_loss(), plain)
 
 
-def test_bf16_autocast_loss_and_gradients_follow_fp32():
+@pytest.mark.parametrize("chunked", [{"use_speed_ops": True}, {"chunked_loss": True}], ids=["speed_op", "plain_ops"])
+def test_bf16_autocast_loss_and_gradients_follow_fp32(chunked):
     """The Trainer's bf16=True: fp32 weights, bf16 matmuls; 40 tokens in chunks of 16 sum gradients across chunks."""
-    model = tiny_model(vocab_size=2048, loss_chunk_size=16, use_speed_ops=True).train()
+    model = tiny_model(vocab_size=2048, loss_chunk_size=16, **chunked).train()
     input_ids = torch.randint(0, 2048, (2, 20), generator=torch.Generator().manual_seed(6))
     parameters = list(model.parameters())
     fp32_loss = model(input_ids, labels=input_ids).loss
@@ -619,6 +654,63 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
         assert bf16.dtype == torch.float32
         assert F.cosine_similarity(bf16.flatten(), fp32.flatten(), dim=0) > 0.99
         torch.testing.assert_close(bf16.norm(), fp32.norm(), atol=0, rtol=0.05)  # the direction and the scale
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16 autocast"])
+def test_chunked_loss_in_plain_ops_matches_the_plain_loss_and_returns_no_logits(precision):
+    """chunked_loss (what runs on GPUs and under compile) against the same weights' full-logits loss, in the same
+    precision: the loss, and every parameter's gradient elementwise and by norm."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast")
+    input_ids = torch.randint(0, 2048, (2, 20), generator=torch.Generator().manual_seed(6))
+    results = []
+    for model in (tiny_model(vocab_size=2048).train(), tiny_model(vocab_size=2048, loss_chunk_size=16,
+                                                                  chunked_loss=True).train()):
+        with autocast:
+            outputs = model(input_ids, labels=input_ids)
+        results.append((outputs, torch.autograd.grad(outputs.loss, list(model.parameters()))))
+    (plain, plain_grads), (chunked, chunked_grads) = results
+    assert plain.logits is not None and chunked.logits is None  # nothing of (batch, seq, vocab) size is returned
+    tolerance = {"fp32": 1e-5, "bf16 autocast": 2e-2}[precision]
+    torch.testing.assert_close(chunked.loss, plain.loss, atol=tolerance / 10, rtol=0)
+    for got, expected in zip(chunked_grads, plain_grads):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+        torch.testing.assert_close(got.norm(), expected.norm(), atol=0, rtol=tolerance)
+
+
+def graph_targets(fn, *args, **kwargs):
+    """What torch.compile(fullgraph=True) traces `fn` into, as the names of the graph's call targets, and the
+    compiled result (run through aot_eager: the graph, differentiated, without a C++ build)."""
+    targets = []
+
+    def backend(graph_module, example_inputs):
+        targets.extend(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+        return torch._dynamo.lookup_backend("aot_eager")(graph_module, example_inputs)
+
+    torch._dynamo.reset()
+    return targets, torch.compile(fn, backend=backend, fullgraph=True)(*args, **kwargs)
+
+
+def test_chunked_loss_compiles_to_plain_ops_with_the_eager_values_and_gradients():
+    """Under torch.compile the loss is one graph of plain ops (no autograd.Function: the compiler sees and fuses
+    everything), with the eager loss and gradients, in bf16 autocast as the Trainer runs it."""
+    model = tiny_model(vocab_size=2048, loss_chunk_size=16, chunked_loss=True, use_speed_ops=True).train()
+    input_ids = torch.randint(0, 2048, (2, 20), generator=torch.Generator().manual_seed(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = model(input_ids, labels=input_ids).loss  # here the speed ops run, the hand-written loss among them
+        eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+        targets, compiled = graph_targets(model, input_ids, labels=input_ids)
+    compiled_grads = torch.autograd.grad(compiled.loss, list(model.parameters()))
+    assert compiled.logits is None and not [target for target in targets if "autograd_function" in target]
+    torch.testing.assert_close(compiled.loss, eager, atol=1e-3, rtol=0)
+    for got, expected in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got.norm(), expected.norm(), atol=0, rtol=1e-2)
+        assert F.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.999
+    # the check above can fail: an autograd.Function, traced, shows as such in the graph
+    hidden_states, labels = torch.randn(20, 64, requires_grad=True), input_ids[0]
+    targets, _ = graph_targets(smollm2_ops.SmolLM2LinearCrossEntropy.apply, hidden_states, model.lm_head.weight,
+                               labels, 16, True)
+    assert [target for target in targets if "autograd_function" in target]
 
 
 def test_each_speed_op_matches_the_plain_path_in_values_and_gradients():
@@ -857,3 +949,67 @@ def test_sdpa_matches_eager_without_and_with_padding():
         torch.testing.assert_close(
             sdpa(input_ids, **kwargs).logits[real], eager(input_ids, **kwargs).logits[real], atol=1e-5, rtol=0
         )
+
+
+@dataclass
+class SdpaCall:
+    """What one F.scaled_dot_product_attention call got."""
+
+    attn_mask: object  # None, or the mask (a tensor in eager mode, a graph node under compile)
+    is_causal: bool
+    enable_gqa: bool
+    key_heads: int
+
+
+class EagerSdpaCalls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self.calls.append(SdpaCall(kwargs.get("attn_mask"), kwargs.get("is_causal", False),
+                                       kwargs.get("enable_gqa", False), args[1].shape[1]))
+        return func(*args, **kwargs)
+
+
+def compiled_sdpa_calls(model, *args, **kwargs):
+    """The SDPA calls in the graph torch.compile(fullgraph=True) traces for `model(*args, **kwargs)`, and its output
+    (through aot_eager: the graph, differentiated, without a C++ build)."""
+    calls = []
+
+    def backend(graph_module, example_inputs):
+        for node in graph_module.graph.nodes:
+            if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+                key = node.args[1].meta["example_value"]  # (batch, heads, seq, head_dim)
+                calls.append(SdpaCall(node.kwargs.get("attn_mask"), node.kwargs.get("is_causal", False),
+                                      node.kwargs.get("enable_gqa", False), key.shape[1]))
+        return torch._dynamo.lookup_backend("aot_eager")(graph_module, example_inputs)
+
+    torch._dynamo.reset()
+    return calls, torch.compile(model, backend=backend, fullgraph=True)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_training_batch_reaches_sdpa_as_is_causal_with_the_kv_heads_unrepeated(compiled):
+    """What the Trainer passes for an unpadded, unpacked batch (input_ids and labels; no attention_mask, position_ids
+    or cache) reaches SDPA as attn_mask=None, is_causal=True, enable_gqa=True with the 2 key/value heads: what its
+    flash kernel needs on CUDA. Under torch.compile too, where a mask built for possible packing would rule that kernel
+    out; the loss and gradients are eager's. In eager mode the forward and backward read nothing back on the host."""
+    model = tiny_model(attn_implementation="sdpa", use_cache=False).train()  # use_cache: the Trainer's False
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
+    parameters = list(model.parameters())
+    eager_calls, syncs = EagerSdpaCalls(), host_syncs()
+    with eager_calls, syncs:
+        eager = model(input_ids, labels=input_ids).loss
+        eager_grads = torch.autograd.grad(eager, parameters)
+    assert syncs.count == 0
+    calls = eager_calls.calls
+    if compiled:
+        calls, outputs = compiled_sdpa_calls(model, input_ids, labels=input_ids)
+        torch.testing.assert_close(outputs.loss, eager, atol=1e-5, rtol=0)
+        for got, expected in zip(torch.autograd.grad(outputs.loss, parameters), eager_grads):
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert len(calls) == model.config.num_hidden_layers
+    assert all(call == SdpaCall(None, True, True, model.config.num_key_value_heads) for call in calls), calls
