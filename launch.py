@@ -1,5 +1,5 @@
 """torchrun, with a clean stop: SIGTERM (a preemption) or Ctrl-C sent to the launcher reaches every rank, which
-finishes its step and saves a checkpoint, and the launcher then exits as the ranks do: 0 for SIGTERM, 130 for Ctrl-C.
+finishes its step and saves a checkpoint, and the launcher then exits 0 for SIGTERM, 130 for Ctrl-C.
 
     python launch.py --nproc_per_node 8 run_pretrain.py configs/smollm2-135m.yaml    # any torchrun flags
 
@@ -48,15 +48,20 @@ def main(argv: list[str]) -> int:
     forward = Forwarder()
     for signum in FORWARDED:
         signal.signal(signum, forward)
+    interrupted = 128 + signal.SIGINT
     try:
         # torch's agent leaves SIGTERM and SIGINT alone (it would raise on them), and handles the rest as torchrun
         torchrun(["--signals-to-handle", "SIGHUP,SIGQUIT", *argv])
     except ChildFailedError as err:
-        interrupted = signal.SIGINT in forward.received
-        if interrupted and all(failure.exitcode == 128 + signal.SIGINT for failure in err.failures.values()):
-            print("Stopped by Ctrl-C on every rank (see above); run the same command to resume.", file=sys.stderr)
-            return 128 + signal.SIGINT
+        # a second Ctrl-C: the ranks exit 130 at once (the agent SIGTERMs any that is not gone yet)
+        if signal.SIGINT in forward.received and all(failure.exitcode in (interrupted, -signal.SIGTERM)
+                                                     for failure in err.failures.values()):
+            print("Stopped at once by a second Ctrl-C (see above); run the same command to resume.", file=sys.stderr)
+            return interrupted
         raise
+    if signal.SIGINT in forward.received:  # the ranks stopped cleanly (and exit 0 under torchrun: signals.py)
+        print("Stopped by Ctrl-C on every rank (see above); run the same command to resume.", file=sys.stderr)
+        return interrupted
     return 0
 
 

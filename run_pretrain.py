@@ -41,7 +41,7 @@ from pretraining.model_card import write_report
 from pretraining.run_files import RUN_IDENTITY, TRAINER_STATE
 from pretraining.run_folder import CHANGEABLE, check_resume, claimed_output_dir, read_identity, run_identity, \
     write_identity
-from pretraining.signals import EXIT_STATUS, StopOnSignal
+from pretraining.signals import EXIT_STATUS, StopOnSignal, stopped_exit_status
 from pretraining.serving import export_run
 from pretraining.throughput import StepMeter, flops_per_token
 from pretraining.trainer import PretrainingTrainer
@@ -194,7 +194,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
                     cause = "Ctrl-C" if stop.received == signal.SIGINT else stop.received.name
                     print(f"Stopped by {cause} at step {trainer.state.global_step}; checkpoint saved. Run the same "
                           "command to resume.", flush=True)
-                return EXIT_STATUS[stop.received]
+                return stopped_exit_status(stop.received, training_args.world_size)
         save_final(trainer, model, model_args, data_args, training_args, record)
     return 0
 

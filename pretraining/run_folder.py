@@ -3,8 +3,10 @@ what a resume may change.
 
 - A folder that holds files this app did not write, or another run's (another identity), is refused in one line
   naming what is there, unless `--replace_output_dir` says to replace it. The starting weights are never an output.
-- The lock (`.run.lock`, an advisory `flock` that the kernel releases on any exit, a crash included) names the host
-  and process that hold it: a second run on the same folder is refused, naming them.
+- The lock (`.run.lock`, an advisory POSIX record lock that the kernel releases on any exit, a crash included) names
+  the host and process that hold it: a second run on the same folder is refused, naming them. A record lock, not
+  `flock`: forked children (DataLoader workers) do not inherit it, so a run killed with -9 frees its folder at once
+  rather than when its orphaned workers notice and exit.
 - The identity (`run_identity.json`, in the folder and in every checkpoint) records what defines the run: the
   model's shape, the tokenizer, the data, the batch layout, the schedule. A resume with another value of any of
   them is refused, listing old and new values; `--allow_changes data,schedule,batch` takes the changes it names
@@ -159,8 +161,8 @@ class OutputFolder:
             while True:
                 lock_file = open(path, "a+", encoding="utf-8")
                 try:
-                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                    fcntl.lockf(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, as the system reports a held lock
                     lock_file.seek(0)
                     holder = lock_file.read().strip() or "another process"
                     lock_file.close()

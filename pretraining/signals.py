@@ -32,6 +32,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 EXIT_STATUS = {signal.SIGTERM: 0, signal.SIGINT: 128 + signal.SIGINT}
 
 
+def stopped_exit_status(signum: signal.Signals, world_size: int) -> int:
+    """A run's exit status after a clean stop on `signum`. A rank of several exits 0 either way: torchrun's agent takes
+    any rank's non-zero exit for the failure of all and SIGTERMs the others, which may still be writing the
+    checkpoint; the launcher that got the Ctrl-C (launch.py) exits 130 itself."""
+    return EXIT_STATUS[signum] if world_size == 1 else 0
+
+
 def ignore_stop_signals(*_) -> None:
     """A DataLoader worker's `worker_init_fn`: the main process handles SIGTERM and SIGINT."""
     for signum in STOP_SIGNALS:

@@ -129,6 +129,13 @@ class PretrainingTrainer(Trainer):
         # Preparing it as a one-process loader keeps device placement.
         args = self.args
         workers = args.dataloader_num_workers
+        if self.resume_from is not None and "data" not in self.resume_changes:  # new data starts afresh
+            # the streams' states, not torchdata's whole state: that one only loads with the worker count it was
+            # saved with, while the streams go on under any (data/packing.py). Restored before the loader exists:
+            # accelerate asks it for a state_dict at once, and torchdata then forks its workers with the dataset as it
+            # is at that moment.
+            path = os.path.join(self.resume_from, data_state_file(args.process_index))
+            self.train_dataset.resume_streams(stream_states(torch.load(path, weights_only=True)))
         loader = torch.utils.data.DataLoader(
             self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator, num_workers=workers,
             pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
@@ -139,11 +146,6 @@ class PretrainingTrainer(Trainer):
         dataloader = prepare_data_loader(loader, args.device, num_processes=1, process_index=0, put_on_device=True,
                                          dispatch_batches=False, non_blocking=self.accelerator.non_blocking,
                                          use_stateful_dataloader=True)
-        if self.resume_from is not None and "data" not in self.resume_changes:  # new data starts afresh
-            # the streams' states, not torchdata's whole state: that one only loads with the worker count it was
-            # saved with, while the streams go on under any (data/packing.py)
-            path = os.path.join(self.resume_from, data_state_file(args.process_index))
-            self.train_dataset.resume_streams(stream_states(torch.load(path, weights_only=True)))
         return dataloader
 
     def get_eval_dataloader(self, eval_dataset=None):

@@ -180,6 +180,8 @@ class BlockStream:
             length += len(document)
 
     def state_dict(self) -> dict:
+        if not self.started and self.loaded_state is not None:
+            return self.loaded_state  # loaded and not read from yet: still where it was loaded
         position = self.position
         return {
             "started": self.started,
@@ -221,6 +223,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
         self.loaded_state = None
         self.offset = 0  # the stream whose batch comes first (a resumed rank's next)
         self.hosted, self.turn = list(range(len(streams))), 0
+        self.iterating = False  # this process's iteration has begun (hosted and turn are its own)
 
     @property
     def mixer(self) -> TokenShareMixer:
@@ -236,19 +239,26 @@ class PackedDataset(torch.utils.data.IterableDataset):
         for stream in self.streams:
             stream.passes = value
 
-    def __iter__(self):
+    def _host(self) -> None:
+        """The streams this process hosts (none: a DataLoader worker beyond those that share them out evenly), and
+        whose turn it is, with the loaded state's streams restored."""
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (0, 0)
         count = len(self.streams)
         hosting = hosting_workers(count, workers)
-        if worker >= hosting:
-            return  # a DataLoader worker beyond those that share the streams out evenly
-        self.hosted = [(self.offset + worker + i * hosting) % count for i in range(count // hosting)]
+        self.hosted = [(self.offset + worker + i * hosting) % count for i in range(count // hosting)] if (
+            worker < hosting) else []
         self.turn = 0
         if self.loaded_state is not None:
             self.turn = self.loaded_state["turn"]
             for index, state in self.loaded_state["streams"].items():
                 self.streams[int(index)].load_state_dict(state)
+
+    def __iter__(self):
+        self._host()
+        self.iterating = True
+        if not self.hosted:
+            return
         iterators = {index: iter(self.streams[index]) for index in self.hosted}
         while iterators:
             index = self.hosted[self.turn % len(self.hosted)]
@@ -262,8 +272,12 @@ class PackedDataset(torch.utils.data.IterableDataset):
                 yield sample
 
     def state_dict(self) -> dict:
+        if not self.iterating:
+            # asked before this process's iteration began (torchdata snapshots each worker as it starts): what the
+            # iteration will host, or the sum over workers would count streams that another worker hosts too
+            self._host()
         return {"streams": {str(index): self.streams[index].state_dict() for index in self.hosted},
-                "turn": self.turn % len(self.hosted)}
+                "turn": self.turn % len(self.hosted) if self.hosted else 0}
 
     def load_state_dict(self, state: dict) -> None:
         """torchdata's resume, with the worker count the state was saved with."""

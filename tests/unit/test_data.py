@@ -14,7 +14,7 @@ import numpy as np
 from helpers import data_args, doc_tokens, documents_read, packed, saved_and_loaded, write_jsonl
 from pretraining.data import build_datasets, collate_blocks
 from pretraining.data.mixing import TokenShareMixer
-from pretraining.data.packing import BlockStream
+from pretraining.data.packing import BlockStream, loader_source_token_counts, stream_states
 from pretraining.data.reading import NO_SHUFFLE, SourceReader
 from pretraining.data.files import CHECKED_RECORDS
 from pretraining.data.sources import load_text_stream
@@ -89,6 +89,38 @@ def test_stateful_dataloader_workers_resume_exactly(tmp_path, tokenizer, num_wor
     second.load_state_dict(state)
     rest = [batch["input_ids"] for batch in second]
     assert all(torch.equal(a, b) for a, b in zip(head + rest, full)) and len(head + rest) == len(full)
+
+
+def test_a_resume_saved_again_before_every_worker_has_read_goes_on_exactly(tmp_path, tokenizer):
+    """The app's resume (`resume_streams`, then the loader) with two workers, and its state taken again at once, when
+    only one worker has given a batch (a checkpoint at the first step after a resume): that state holds every stream
+    once, where it stands, so the token counts are the uninterrupted run's and a second resume goes on exactly."""
+    files = [write_jsonl(tmp_path / f"part{k}.jsonl", [f"file {k} doc {i} " * (3 + i % 11) for i in range(50)])
+             for k in range(2)]
+
+    def loader(state=None):
+        dataset = packed(files, tokenizer, 32, streams=2, blocks_per_batch=4)
+        if state is not None:
+            dataset.resume_streams(stream_states(saved_and_loaded(state)))
+        return StatefulDataLoader(dataset, batch_size=4, num_workers=2)
+
+    full, counts = [], []
+    for batch in (uninterrupted := loader()):
+        full.append(batch["input_ids"])
+        counts.append(loader_source_token_counts(uninterrupted.state_dict(), 1))
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["input_ids"] for _ in range(3)]
+    state = first.state_dict()
+    del iterator
+    second = loader(state)
+    iterator = iter(second)
+    head.append(next(iterator)["input_ids"])
+    state = second.state_dict()  # the second worker has not given a batch since the resume
+    assert loader_source_token_counts(state, 1) == counts[3]
+    del iterator
+    rest = [batch["input_ids"] for batch in loader(state)]
+    assert len(head + rest) == len(full) and all(torch.equal(a, b) for a, b in zip(head + rest, full))
 
 
 def test_validation_is_held_out_from_the_start_of_the_stream(tmp_path, tokenizer):
