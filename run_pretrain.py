@@ -32,8 +32,9 @@ from pretraining.callbacks import (CurvesCallback, GenerationSamplesCallback, Js
 from pretraining.checkpoints import choose_resume_checkpoint, saved_step
 from pretraining.data import DataArguments, TrainingData, build_datasets, collate_blocks
 from pretraining.devices import device_peak_flops, probe_device
-from pretraining.errors import ArgumentError, NonFiniteLossError, report
+from pretraining.errors import ArgumentError, HubUnavailableError, NonFiniteLossError, report
 from pretraining.eval_tasks import TaskSuite, check_eval_tasks
+from pretraining.hub import raise_if_outage
 from pretraining.model import build_config, build_model, load_tokenizer
 from pretraining.model_card import write_report
 from pretraining.run_files import TRAINER_STATE
@@ -160,7 +161,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
     if finishing:
         trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
     else:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except Exception as err:  # the Hub failing mid-stream is told apart from everything else, re-raised as is
+            raise_if_outage(err, trainer.state.global_step, training_args.output_dir)
+            raise
         sigterm = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SigtermCallback))
         if sigterm.received:
             if training_args.should_log:
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         show_traceback = show_traceback or training_args.traceback
         preflight(training_args)
         return train(model_args, data_args, training_args)
-    except (ValueError, OSError, NonFiniteLossError) as err:
+    except (ValueError, OSError, NonFiniteLossError, HubUnavailableError) as err:
         return report(err, show_traceback)
 
 
