@@ -563,14 +563,13 @@ def corpus_rows(config: str, texts: list[str], first: int, token_counts: list[in
 
 
 def write_smollm_corpus(folder: str, documents: list[str], tokenizer, shards: dict[str, int] = CORPUS_SHARDS,
-                        row_group_size: int = 4) -> dict[str, list[list[str]]]:
+                        row_group_size: int = 4) -> None:
     """HuggingFaceTB/smollm-corpus's layout in `folder`: its README (configs and features) and each config's parquet
-    shards, `documents` dealt out between the configs in turn and cut into contiguous shards. Returns each config's
-    shards' texts."""
+    shards, `documents` dealt out between the configs in turn and cut into contiguous shards."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    written = {}
+    written = {}  # config -> its shards' texts
     for index, (config, count) in enumerate(shards.items()):
         texts = documents[index::len(shards)]
         os.makedirs(os.path.join(folder, config), exist_ok=True)
@@ -588,7 +587,6 @@ def write_smollm_corpus(folder: str, documents: list[str], tokenizer, shards: di
                                                                   for text in shard)))
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
         f.write(readme)
-    return written
 
 
 def write_tokenizer_files(folder: str, tokenizer_dir: str) -> None:
