@@ -19,7 +19,7 @@ from huggingface_hub import errors
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from pretraining.checkpoints import newest_valid_checkpoint
-from pretraining.errors import ArgumentError, HubUnavailableError, worker_error_text
+from pretraining.errors import ArgumentError, HubUnavailableError
 
 LOGIN = "log in with `hf auth login` or set HF_TOKEN"
 
@@ -38,17 +38,24 @@ def status_code(error: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def request_url(error: BaseException) -> str | None:
+    try:
+        return str(error.response.request.url)
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for a response built without its request
+        return None
+
+
 # httpx's text for an error status (raise_for_status), which is all that is left of an HfHubHTTPError re-raised from
 # a DataLoader worker (torch cannot rebuild it, and re-raises a RuntimeError holding the worker's traceback)
 STATUS_TEXT = re.compile(r"(?:Server|Client) error '(\d{3})[^']*' for url '([^']+)'")
-TRANSPORT_ERRORS = ("TransportError",)  # httpx's timeouts, network and protocol errors (huggingface_hub's client)
+# an httpx error in such a worker's traceback: its class and message (huggingface_hub's client is httpx)
+WORKER_HTTPX_ERROR = re.compile(r"^httpx\w*\.(\w+): (.+)$", re.M)
 
 
 def server_error(error: BaseException) -> str | None:
     """"the Hub answered 500 for URL" when a server error (5xx) or rate limiting (429) is in `error`'s chain."""
     for cause in causes(error):
-        code, response = status_code(cause), getattr(cause, "response", None)
-        url = str(response.request.url) if code is not None and getattr(response, "request", None) else None
+        code, url = status_code(cause), request_url(cause)
         if code is None and (found := STATUS_TEXT.search(str(cause))):
             code, url = int(found.group(1)), found.group(2)
         if code is not None and (code >= 500 or code == 429):
@@ -58,14 +65,17 @@ def server_error(error: BaseException) -> str | None:
 
 def hub_outage(error: BaseException) -> str | None:
     """What failed when `error` is the Hub failing rather than the request: a server error, or a connection lost,
-    refused or timed out (httpx's transport errors; datasets' ConnectionError once its own retries are spent)."""
+    refused or timed out (one of httpx's transport errors, which datasets' own ConnectionError is raised from once
+    its retries are spent)."""
     answer = server_error(error)
     if answer:
         return answer
     for cause in causes(error):
-        if any(kind.__name__ in TRANSPORT_ERRORS for kind in type(cause).__mro__) or isinstance(
-                cause, (ConnectionError, TimeoutError)):
-            return f"the connection to the Hub failed ({' '.join(worker_error_text(str(cause)).split())})"
+        if any(kind.__name__ == "TransportError" for kind in type(cause).__mro__):
+            return f"the connection to the Hub failed ({' '.join(str(cause).split())})"
+        found = WORKER_HTTPX_ERROR.search(str(cause)) if str(cause).startswith("Caught ") else None
+        if found and found.group(1) != "HTTPStatusError":
+            return f"the connection to the Hub failed ({found.group(2)})"
     return None
 
 
