@@ -42,17 +42,12 @@ class OneLineParser(HfArgumentParser):
         raise ArgumentError(message)
 
 
-def worker_error_text(message: str) -> str:
-    """The message of an error re-raised from a DataLoader worker, which carries the worker's traceback as text
-    ("Caught X in DataLoader worker process 0. Original Traceback ..."): its last line, the error's own message."""
-    if message.startswith("Caught ") and "Traceback" in message:
-        return message.strip().splitlines()[-1].split(": ", 1)[-1]
-    return message
-
-
 def error_line(err: BaseException) -> str:
     """The one line that reports `err`."""
-    message = worker_error_text(str(err)) if isinstance(err, DataError) else str(err)
+    message = str(err)
+    if isinstance(err, DataError) and message.startswith("Caught DataError"):
+        # re-raised from a DataLoader worker with the worker's traceback as text: its last line is the error
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
     return " ".join(message.split()) or type(err).__name__
 
 

@@ -3,7 +3,7 @@ real clients use (`huggingface_hub`, and `datasets` and `transformers` through i
 runs offline with nothing mocked: `HF_ENDPOINT=hub.url` points the clients at it.
 
     hub = LocalHub(folder).start()       # serves the repos under folder/{models,datasets}/ORG/NAME/
-    write_smollm_corpus(hub.repo_folder("dataset", CORPUS_REPO), documents)
+    write_smollm_corpus(hub.repo_folder("dataset", CORPUS_REPO), documents, tokenizer)
     ...
     hub.close()
 
@@ -37,7 +37,7 @@ import psutil  # accelerate's dependency: which process holds a client's socket 
 import yaml
 
 KINDS = {"models": "model", "datasets": "dataset"}
-LFS_THRESHOLD = 10 * 2**20  # the Hub keeps files above 10 MB (and every binary) in LFS
+LFS_THRESHOLD = 10 * 2**20  # the Hub keeps files above 10 MB in LFS, and weights and data files of any size
 LFS_SUFFIXES = (".safetensors", ".parquet", ".bin", ".gguf")
 CHUNK = 2**20
 
@@ -103,6 +103,8 @@ class Repo:
         self.kind, self.repo_id, self.folder = kind, repo_id, folder
         self.lock = threading.Lock()
         self._ids: dict[str, tuple[int, float, str, str | None]] = {}  # path -> (size, mtime, oid, lfs sha256)
+        self._sha: tuple[tuple, str] | None = None  # (the folders' mtimes it was computed for, the sha)
+        self.shas: set[str] = set()  # every sha given out: a client may still ask for files at an older one
 
     def files(self) -> list[str]:
         found = []
@@ -127,10 +129,19 @@ class Repo:
         return known[2], known[3]
 
     def sha(self) -> str:
-        digest = hashlib.sha1()
-        for path in self.files():
-            digest.update(f"{path}\0{self.ids(path)[0]}\0".encode())
-        return digest.hexdigest()
+        """The commit sha: a digest of every file's id, computed again when a file was added or removed (a folder's
+        mtime changed) or after a commit (`changed`); hashing every file's id per request costs milliseconds."""
+        folders = tuple((root, os.stat(root).st_mtime_ns) for root, _, _ in os.walk(self.folder))
+        if self._sha is None or self._sha[0] != folders:
+            digest = hashlib.sha1()
+            for path in self.files():
+                digest.update(f"{path}\0{self.ids(path)[0]}\0".encode())
+            self._sha = folders, digest.hexdigest()
+            self.shas.add(self._sha[1])
+        return self._sha[1]
+
+    def changed(self) -> None:
+        self._sha = None
 
     def entry(self, path: str) -> dict:
         full = os.path.join(self.folder, path)
@@ -176,7 +187,6 @@ class LocalHub:
         self.refusals: dict[str, tuple[int, str | None, str]] = {}  # repo id -> (status, X-Error-Code, message)
         self.lock = threading.Lock()
         self._repos: dict[tuple[str, str], Repo] = {}
-        self._clients: dict[tuple[str, int], tuple[int | None, int | None]] = {}
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
         self.server.daemon_threads = True  # idle keep-alive connections must not hold up `close`
         self.server.hub = self
@@ -253,24 +263,21 @@ class LocalHub:
         return [r for r in self.requests[since:] if r.method == "GET" and r.file is not None
                 and fnmatch.fnmatch(r.file, pattern) and r.status in (200, 206)]
 
-    def client(self, address: tuple[str, int]) -> tuple[int | None, int | None]:
-        """(pid, RANK) of the client at `address`, looked up once per connection."""
-        with self.lock:
-            known = self._clients.get(address)
-        if known is None:
-            known = client_process(address, self.server.server_address)
-            with self.lock:
-                self._clients[address] = known
-        return known
-
 
 class HubHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the Hub: the clients reuse their connections
+    # headers and body go out in two writes: with Nagle's algorithm the second waits for the client's delayed ACK of
+    # the first, 40 ms per request on Linux, which no real server costs
+    disable_nagle_algorithm = True
     server_version = "LocalHub"
 
     @property
     def hub(self) -> LocalHub:
         return self.server.hub
+
+    def setup(self):
+        super().setup()
+        self.client = None  # (pid, RANK) of the process at the other end, looked up once per connection
 
     def log_message(self, *args):
         pass
@@ -297,7 +304,9 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         self.send(status, json.dumps({"error": message}).encode(), headers, request)
 
     def record(self, request: Request | None, status: int, sent: int):
-        pid, rank = self.hub.client(self.client_address)
+        if self.client is None:
+            self.client = client_process(self.client_address, self.server.server_address)
+        pid, rank = self.client
         request = request or Request(self.command, self.url_path, status)
         request.status, request.sent, request.pid, request.rank = status, sent, pid, rank
         self.hub.log(request)
@@ -349,7 +358,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         if repo is None:
             self.body()
             return self.send_error_answer(404, "RepoNotFound", "Repository not found", request)
-        if revision not in (None, "main", repo.sha()):
+        if revision not in (None, "main", repo.sha()) and revision not in repo.shas:
             self.body()
             return self.send_error_answer(404, "RevisionNotFound", f"Invalid rev id: {revision}", request)
         if action in (None, "revision"):
@@ -464,6 +473,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             elif item["key"] in ("deletedFile", "deletedFolder"):
                 target = os.path.join(repo.folder, value["path"])
                 shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+        repo.changed()  # a file written over in place leaves its folder's mtime as it was
         sha = repo.sha()
         prefix = "" if repo.kind == "model" else f"{repo.kind}s/"
         self.send_json({"commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{sha}", "commitOid": sha,
