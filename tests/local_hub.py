@@ -259,9 +259,14 @@ class LocalHub:
             self.requests.append(request)
 
     def downloads(self, since: int = 0, pattern: str = "*") -> list[Request]:
-        """The GET requests of files matching `pattern` logged since index `since` that sent data."""
-        return [r for r in self.requests[since:] if r.method == "GET" and r.file is not None
-                and fnmatch.fnmatch(r.file, pattern) and r.status in (200, 206)]
+        """The downloads of files matching `pattern` logged since index `since`."""
+        return downloads(self.requests[since:], pattern)
+
+
+def downloads(requests: list[Request], pattern: str = "*") -> list[Request]:
+    """The GET requests among `requests` that sent (some of) a file matching `pattern`."""
+    return [r for r in requests if r.method == "GET" and r.file is not None and fnmatch.fnmatch(r.file, pattern)
+            and r.status in (200, 206)]
 
 
 class HubHandler(http.server.BaseHTTPRequestHandler):
@@ -573,9 +578,10 @@ def corpus_rows(config: str, texts: list[str], first: int, token_counts: list[in
 
 
 def write_smollm_corpus(folder: str, documents: list[str], tokenizer, shards: dict[str, int] = CORPUS_SHARDS,
-                        row_group_size: int = 4) -> None:
+                        row_group_size: int = 64) -> None:
     """HuggingFaceTB/smollm-corpus's layout in `folder`: its README (configs and features) and each config's parquet
-    shards, `documents` dealt out between the configs in turn and cut into contiguous shards."""
+    shards, `documents` dealt out between the configs in turn and cut into contiguous shards, in row groups of
+    `row_group_size` documents (the datasets reader's batches)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -9,6 +9,7 @@ Hub failing mid-stream, briefly (retried, nothing lost) and for longer than the 
 the same command resumes exactly).
 """
 
+import glob
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from helpers import (hub_env, hub_recipe_args, losses, read_log, run_app, run_torchrun, start_app,
                      wait_for_step)
-from local_hub import CORPUS_REPO, MODEL_REPO, Request
+from local_hub import CORPUS_REPO, MODEL_REPO, Request, downloads
 from pretraining.checkpoints import checkpoint_problem
 
 COSMOPEDIA = "cosmopedia-v2/*"
@@ -38,8 +39,7 @@ class HubRun:
 
 
 def shard_bytes(requests: list[Request]) -> int:
-    return sum(request.sent for request in requests if request.file and request.method == "GET"
-               and request.file.startswith("cosmopedia-v2/"))
+    return sum(request.sent for request in downloads(requests, COSMOPEDIA))
 
 
 def failed(result) -> str:
@@ -96,8 +96,8 @@ def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(reci
     assert result.returncode == 0, failed(result)
     assert "Resuming from checkpoint-120" in result.stdout
     assert losses(output_dir) == pytest.approx(losses(recipe_run.output_dir), abs=1e-4)
-    largest_shard = max(os.path.getsize(os.path.join(local_hub.repo_folder("dataset", CORPUS_REPO), request.file))
-                        for request in recipe_run.requests if request.file and request.file.endswith(".parquet"))
+    corpus = local_hub.repo_folder("dataset", CORPUS_REPO)
+    largest_shard = max(os.path.getsize(path) for path in glob.glob(os.path.join(corpus, COSMOPEDIA)))
     again, uninterrupted = shard_bytes(local_hub.requests[first:]), shard_bytes(recipe_run.requests)
     assert again < uninterrupted - largest_shard, (again, uninterrupted)
 
