@@ -83,8 +83,13 @@ def sha256_of(data_path: str) -> str:
 
 
 def client_process(client: tuple[str, int], server: tuple[str, int]) -> tuple[int | None, int | None]:
-    """(pid, RANK) of the local process whose TCP socket `client` is connected to `server`."""
-    for connection in psutil.net_connections(kind="tcp4"):
+    """(pid, RANK) of the local process whose TCP socket `client` is connected to `server`, (None, None) when the
+    system does not say."""
+    try:
+        connections = psutil.net_connections(kind="tcp4")
+    except psutil.Error:
+        return None, None
+    for connection in connections:
         if connection.laddr and connection.raddr and tuple(connection.laddr) == tuple(client) \
                 and tuple(connection.raddr) == tuple(server) and connection.pid:
             try:

@@ -88,9 +88,11 @@ def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(reci
     argv = same_run_elsewhere(recipe_run, output_dir)
     env = hub_env(local_hub, tmp_path / "hf_home")
     process = start_app(argv, env=env)
-    wait_for_step(output_dir, 122, process)
-    process.kill()
-    process.wait()
+    try:
+        wait_for_step(output_dir, 122, process)
+    finally:
+        process.kill()
+        process.wait()
     first = len(local_hub.requests)
     result = run_app(argv, env=env)
     assert result.returncode == 0, failed(result)
@@ -116,6 +118,7 @@ def test_a_brief_hub_outage_mid_stream_is_retried_and_loses_no_data(recipe_run, 
         output, _ = process.communicate(timeout=600)
     finally:
         local_hub.recover()
+        process.kill()  # a no-op once it has ended; a failed test leaves no run behind
     assert process.returncode == 0, output[-3000:]
     faults = [request.fault for request in local_hub.requests[first:] if request.fault]
     assert faults == ["drop", "drop", "500", "500"], "the run read no shard after step 31"
@@ -138,6 +141,7 @@ def test_an_outage_past_the_retries_stops_with_exit_75_and_the_same_command_resu
         output, _ = process.communicate(timeout=600)
     finally:
         local_hub.recover()
+        process.kill()  # a no-op once it has ended; a failed test leaves no run behind
     assert process.returncode == 75, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
