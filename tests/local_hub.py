@@ -9,13 +9,16 @@ runs offline with nothing mocked: `HF_ENDPOINT=hub.url` points the clients at it
 
 What it answers, as the Hub does (status codes, `X-Error-Code` headers, JSON shapes):
 - `GET /api/{models,datasets}/ORG/NAME[/revision/REV]`: repo info (sha, siblings, the card's YAML as cardData);
-- `GET /api/.../tree/REV[/PATH]` and `POST /api/.../paths-info/REV`: listings (`HfFileSystem`: datasets' globs);
+- `GET /api/.../tree/REV[/PATH]`: listings (`HfFileSystem`: datasets' globs and file sizes);
 - `HEAD`/`GET [/datasets]/ORG/NAME/resolve/REV/PATH`, with `Range` (206): metadata and downloads; large files
   carry the LFS headers (`X-Linked-Etag`, `X-Linked-Size`) that `hf_hub_download` checks;
 - uploads: `POST /api/repos/create`, `/api/validate-yaml`, `.../preupload/REV` (every file "regular", sent
   inline), `.../commit/REV`: committed files are served from then on, so a pushed model loads by its repo id;
 - refusals configured per repo (`refuse`: gated, missing, bad token) and faults injected on data downloads
   (`fail`: answers 500 or drops the connection mid-body, a given number of times or until `recover`).
+
+Anything else is answered 404 "not served by the local hub: METHOD PATH", so that a client that starts asking for
+more (e.g. `paths-info`, which none of the tested flows requests today) fails loudly, naming it.
 
 Every request is logged (`requests`) with the process that made it and that process's `RANK` (torchrun's): the
 HTTP requests themselves do not say which rank sent them, and the tests check which rank read which shard.
@@ -147,6 +150,9 @@ class Repo:
 
     def changed(self) -> None:
         self._sha = None
+
+    def url(self, endpoint: str) -> str:
+        return f"{endpoint}/{'' if self.kind == 'model' else self.kind + 's/'}{self.repo_id}"
 
     def entry(self, path: str) -> dict:
         full = os.path.join(self.folder, path)
@@ -341,7 +347,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 
     def route(self):
         path = self.url_path
-        api = re.match(r"^/api/(models|datasets)/([^/]+/[^/]+?)(?:/(revision|tree|paths-info|preupload|commit)"
+        api = re.match(r"^/api/(models|datasets)/([^/]+/[^/]+?)(?:/(revision|tree|preupload|commit)"
                        r"/([^/]+)(?:/(.*))?)?/?$", path)
         resolve = re.match(r"^(/datasets)?/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
         if self.command == "POST" and path == "/api/repos/create":
@@ -375,8 +381,6 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             return self.send_json(repo.info(), request=request)
         if action == "tree":
             return self.tree(repo, rest or "", request)
-        if action == "paths-info":
-            return self.paths_info(repo, request)
         if action == "preupload":
             files = json.loads(self.body())["files"]
             return self.send_json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
@@ -400,16 +404,6 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
                 break
         self.send_json([repo.entry(path) for path in paths], request=request)
 
-    def paths_info(self, repo: Repo, request: Request):
-        body = self.body().decode()
-        if self.headers.get("Content-Type", "").startswith("application/json"):
-            paths = json.loads(body).get("paths", [])
-        else:
-            paths = parse_qs(body).get("paths", [])
-        paths = [path.strip("/") for path in paths]
-        self.send_json([repo.entry(path) for path in paths if os.path.exists(os.path.join(repo.folder, path))],
-                       request=request)
-
     # ---- downloads ----
 
     def resolve(self, repo: Repo, path: str, request: Request):
@@ -423,23 +417,16 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         if lfs:
             headers.update({"X-Linked-Etag": f'"{lfs}"', "X-Linked-Size": str(size)})
         start, end, status = 0, size - 1, 200
-        ranged = re.match(r"bytes=(\d*)-(\d*)$", self.headers.get("Range", ""))
-        if ranged and size:
-            first, last = ranged.groups()
-            if first:
-                start, end = int(first), min(int(last), size - 1) if last else size - 1
-            else:  # a suffix: the last N bytes
-                start = max(0, size - int(last))
-            if start > end:
-                return self.send(416, b"", {"Content-Range": f"bytes */{size}"}, request)
-            status = 206
+        ranged = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))  # what HfFileSystem asks for
+        if ranged:
+            start, end, status = int(ranged.group(1)), min(int(ranged.group(2) or size - 1), size - 1), 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         fault = self.hub.take_fault(path) if self.command == "GET" else None
         if fault == "500":
             request.fault = fault
             return self.send_error_answer(500, None, "Internal Error - We're working hard to fix this as soon as "
                                                      "possible!", request)
-        length = end - start + 1 if size else 0
+        length = max(0, end - start + 1)
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -464,29 +451,26 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 
     def create_repo(self):
         payload = json.loads(self.body())
-        kind = payload.get("type") or "model"
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
-        self.hub.repo(kind, repo_id, create=True)
-        prefix = "" if kind == "model" else f"{kind}s/"
-        self.send_json({"url": f"{self.hub.url}/{prefix}{repo_id}", "name": repo_id})
+        repo = self.hub.repo(payload.get("type") or "model", repo_id, create=True)
+        self.send_json({"url": repo.url(self.hub.url), "name": repo_id})
 
     def commit(self, repo: Repo, request: Request):
         """The NDJSON commit: a header, then one line per operation; files come inline (base64), as "regular"."""
-        for line in self.body().splitlines():
-            item = json.loads(line)
-            value = item["value"]
+        items = [json.loads(line) for line in self.body().splitlines()]
+        unknown = {item["key"] for item in items} - {"header", "file"}
+        if unknown:  # deletions, LFS files, copies: no tested flow makes them
+            return self.send_error_answer(400, None, f"not served by the local hub: commit {sorted(unknown)}",
+                                          request)
+        for item in items:
             if item["key"] == "file":
-                target = os.path.join(repo.folder, value["path"])
+                target = os.path.join(repo.folder, item["value"]["path"])
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with open(target, "wb") as f:
-                    f.write(base64.b64decode(value["content"]))
-            elif item["key"] in ("deletedFile", "deletedFolder"):
-                target = os.path.join(repo.folder, value["path"])
-                shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+                    f.write(base64.b64decode(item["value"]["content"]))
         repo.changed()  # a file written over in place leaves its folder's mtime as it was
         sha = repo.sha()
-        prefix = "" if repo.kind == "model" else f"{repo.kind}s/"
-        self.send_json({"commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{sha}", "commitOid": sha,
+        self.send_json({"commitUrl": f"{repo.url(self.hub.url)}/commit/{sha}", "commitOid": sha,
                         "pullRequestUrl": None}, request=request)
 
 

@@ -104,22 +104,30 @@ def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(reci
     assert again < uninterrupted - largest_shard, (again, uninterrupted)
 
 
+def run_with_outage(hub, argv: list[str], env: dict, faults: list[tuple[str, int | None]]) -> tuple[int, str]:
+    """Run the app; once it logs step 31 (checkpoint-30 saved), the shard downloads fail: each (mode, times) of
+    `faults` in turn (times None: until the run ends). The Hub recovers at the end. (exit status, output)"""
+    process = start_app(argv, env=env)
+    try:
+        wait_for_step(argv[argv.index("--output_dir") + 1], 31, process)
+        for mode, times in faults:
+            hub.fail(COSMOPEDIA, mode, times)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        hub.recover()
+        process.kill()  # a no-op once it has ended; a failed test leaves no run behind
+    return process.returncode, output
+
+
 def test_a_brief_hub_outage_mid_stream_is_retried_and_loses_no_data(recipe_run, local_hub, tmp_path):
     """After checkpoint-30 the next downloads of shards fail four times in a row (twice the connection drops
     mid-body, twice the Hub answers 500), then the Hub recovers: huggingface_hub retries the same byte range, the
     run goes on and trains on exactly the data of the uninterrupted run."""
     output_dir = str(tmp_path / "run")
-    process = start_app(same_run_elsewhere(recipe_run, output_dir), env=hub_env(local_hub, tmp_path / "hf_home"))
     first = len(local_hub.requests)
-    try:
-        wait_for_step(output_dir, 31, process)
-        local_hub.fail(COSMOPEDIA, "drop", times=2)
-        local_hub.fail(COSMOPEDIA, "500", times=2)
-        output, _ = process.communicate(timeout=600)
-    finally:
-        local_hub.recover()
-        process.kill()  # a no-op once it has ended; a failed test leaves no run behind
-    assert process.returncode == 0, output[-3000:]
+    status, output = run_with_outage(local_hub, same_run_elsewhere(recipe_run, output_dir),
+                                     hub_env(local_hub, tmp_path / "hf_home"), [("drop", 2), ("500", 2)])
+    assert status == 0, output[-3000:]
     faults = [request.fault for request in local_hub.requests[first:] if request.fault]
     assert faults == ["drop", "drop", "500", "500"], "the run read no shard after step 31"
     assert "Retrying in" in output  # huggingface_hub's retries, on stderr
@@ -134,15 +142,8 @@ def test_an_outage_past_the_retries_stops_with_exit_75_and_the_same_command_resu
     output_dir = str(tmp_path / "run")
     argv = same_run_elsewhere(recipe_run, output_dir)
     env = hub_env(local_hub, tmp_path / "hf_home")
-    process = start_app(argv, env=env)
-    try:
-        wait_for_step(output_dir, 31, process)
-        local_hub.fail(COSMOPEDIA, "500")
-        output, _ = process.communicate(timeout=600)
-    finally:
-        local_hub.recover()
-        process.kill()  # a no-op once it has ended; a failed test leaves no run behind
-    assert process.returncode == 75, output[-3000:]
+    status, output = run_with_outage(local_hub, argv, env, [("500", None)])
+    assert status == 75, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
     found = re.fullmatch(r"error: the Hub failed while streaming the training data after step (\d+): the Hub answered "
