@@ -34,8 +34,9 @@ from pretraining.checkpoints import saved_step
 from pretraining.data import DataArguments, TrainingData, build_datasets, collate_blocks
 from pretraining.devices import (DeviceReport, device_peak_flops, peak_summary, precision_summary, probe_device,
                                  unused_gpus_hint)
-from pretraining.errors import ArgumentError, NonFiniteLossError, SaveError, free_space, report
+from pretraining.errors import ArgumentError, HubUnavailableError, NonFiniteLossError, SaveError, free_space, report
 from pretraining.eval_tasks import TaskSuite, check_eval_tasks
+from pretraining.hub import raise_if_outage
 from pretraining.model import build_config, build_model, load_tokenizer
 from pretraining.model_card import write_report
 from pretraining.run_files import RUN_IDENTITY, TRAINER_STATE
@@ -187,7 +188,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
         if finishing:
             trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
         else:
-            trainer.train(resume_from_checkpoint=checkpoint)
+            try:
+                trainer.train(resume_from_checkpoint=checkpoint)
+            except Exception as err:  # the Hub failing mid-stream is told apart from everything else, re-raised as is
+                raise_if_outage(err, trainer.state.global_step, training_args.output_dir)
+                raise
             stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
             if stop.received is not None:
                 if training_args.should_log:
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         show_traceback = show_traceback or training_args.traceback
         preflight(data_args, training_args)
         return train(model_args, data_args, training_args, device)
-    except (ValueError, OSError, NonFiniteLossError) as err:
+    except (ValueError, OSError, NonFiniteLossError, HubUnavailableError) as err:
         return report(err, show_traceback)
     except KeyboardInterrupt:  # Ctrl-C before training started (during training it stops at the step's end)
         if show_traceback:

@@ -1,8 +1,9 @@
 """The app's error types and how a failure reaches the user: one line, a meaningful exit status.
 
 Every command (run_pretrain.py, export.py ...) reports bad input and failures as one `error: ...` line on stderr,
-with no traceback unless `--traceback` is given, and exits 2 for bad input, 1 for a failed run (divergence, a
-write that failed: a full disk).
+with no traceback unless `--traceback` is given, and exits with a status a scheduler can act on: 2 for bad input
+(fix the command), 1 for a failed run (divergence, a write that failed: a full disk), 75 when the Hub failed (retry
+the same command later).
 """
 
 import difflib
@@ -48,6 +49,18 @@ def disk_problem(err: BaseException) -> str | None:
     return None
 
 
+class HubUnavailableError(RuntimeError):
+    """The Hub failed (server errors, connections lost) beyond the clients' retries: nothing was wrong with the
+    command, and the same command can succeed later."""
+
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+# sysexits.h's EX_TEMPFAIL, "temporary failure: the user is invited to retry": what a job script or a scheduler's
+# requeue rule can tell apart from bad input
+EXIT_TRY_AGAIN = getattr(os, "EX_TEMPFAIL", 75)
+
+
 class OneLineParser(HfArgumentParser):
     """argparse prints the whole usage before an error; one line naming the problem is enough.
 
@@ -80,9 +93,11 @@ def error_line(err: BaseException) -> str:
 
 
 def report(err: BaseException, show_traceback: bool) -> int:
-    """Print `err` as one line (or re-raise it with `show_traceback`) and return the exit status: 1 for a run that
-    failed (divergence), 2 for bad input."""
+    """Print `err` as one line (or re-raise it with `show_traceback`) and return the exit status: EXIT_FAILED for a
+    run that failed (divergence), EXIT_TRY_AGAIN when the Hub failed, EXIT_BAD_INPUT for bad input."""
     if show_traceback:
         raise err
     print(f"error: {error_line(err)}", file=sys.stderr)
-    return 1 if isinstance(err, (NonFiniteLossError, SaveError)) or disk_problem(err) else 2
+    if isinstance(err, (NonFiniteLossError, SaveError)) or disk_problem(err):
+        return EXIT_FAILED
+    return EXIT_TRY_AGAIN if isinstance(err, HubUnavailableError) else EXIT_BAD_INPUT

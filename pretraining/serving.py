@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from modeling_smollm2 import SmolLM2ForCausalLM
-from pretraining.gguf_writer import GGUF_DTYPES, write_gguf
+from pretraining.gguf_writer import write_gguf
 from pretraining.run_files import RUN_EXPORTS
 
 LLAMA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -1,5 +1,6 @@
 """Shared fixtures: the real SmolLM2 tokenizer (committed under assets/), the real weights (GGUF), a small local
-corpus, and one tiny run of the app. Shared helpers are in `helpers.py`.
+corpus, one tiny run of the app, and a local Hub serving the default recipe's repos (`local_hub.py`). Shared helpers
+are in `helpers.py`.
 
 Two layers: `unit/` (in-process, seconds each: `python -m pytest -q tests -m "not e2e"`) and `e2e/` (runs of the app
 in fresh processes, under torchrun, with signals, the real weights, a compiler), marked `e2e` by their folder.
@@ -79,3 +80,28 @@ def existing_output(tmp_path):
     (output_dir / "checkpoint-7" / "trainer_state.json").write_text('{"global_step": 7}')
     (output_dir / "training_log.jsonl").write_text('{"type": "train", "step": 1, "loss": 1.0}\n')
     return str(output_dir)
+
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory, tokenizer):
+    """A LocalHub (local_hub.py) on loopback for the whole session, serving HuggingFaceTB/smollm-corpus (CPython's
+    docs in the real layout: cosmopedia-v2 and fineweb-edu-dedup) and HuggingFaceTB/SmolLM2-135M's tokenizer
+    (`hub_weights` adds the model). Starts in about a second; a thread of this process, so nothing outlives it."""
+    from demo_corpus import documents
+    from local_hub import CORPUS_REPO, MODEL_REPO, LocalHub, write_smollm_corpus, write_tokenizer_files
+
+    hub = LocalHub(str(tmp_path_factory.mktemp("local_hub")))
+    write_smollm_corpus(hub.repo_folder("dataset", CORPUS_REPO), documents(), tokenizer)
+    write_tokenizer_files(hub.repo_folder("model", MODEL_REPO), TOKENIZER_DIR)
+    with hub:
+        yield hub
+
+
+@pytest.fixture(scope="session")
+def hub_weights(local_hub, gguf_folder):
+    """`local_hub` with HuggingFaceTB/SmolLM2-135M's Llama-format config and weights (from the real GGUF: ~30 s, once,
+    for the tests that load the model)."""
+    from local_hub import MODEL_REPO, write_smollm2_weights
+
+    write_smollm2_weights(local_hub.repo_folder("model", MODEL_REPO), gguf_folder, GGUF_NAME)
+    return local_hub

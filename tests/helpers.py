@@ -96,22 +96,39 @@ def mixture(a, b, weights=(0.8, 0.2)):
 
 # ---- the app ----
 
-def tiny_args(output_dir, train_file, validation_file=None, **overrides) -> list[str]:
-    values = {
-        "tokenizer_name": TOKENIZER_DIR, "train_file": train_file, "config_overrides": TINY, "block_size": 64,
-        "per_device_train_batch_size": 4, "max_steps": 30, "save_steps": 10, "eval_steps": 10,
-        "generation_steps": 10, "generation_max_new_tokens": 8, "logging_steps": 1, "max_eval_samples": 4,
-        "output_dir": output_dir,
-    }
-    if validation_file:
-        values["validation_file"] = validation_file
-    else:
-        values["validation_documents"] = 20
-    values.update(overrides)
+def flags(values: dict) -> list[str]:
     argv = []
     for key, value in values.items():
         argv += [f"--{key}", str(value)]
     return argv
+
+
+def tiny_sizes(output_dir, **overrides) -> dict:
+    """A test's sizes: the tiny model, blocks of 64, 30 steps, a checkpoint, evaluation and samples every 10,
+    20 documents held out."""
+    values = {
+        "config_overrides": TINY, "block_size": 64, "per_device_train_batch_size": 4, "max_steps": 30,
+        "save_steps": 10, "eval_steps": 10, "generation_steps": 10, "generation_max_new_tokens": 8, "logging_steps": 1,
+        "max_eval_samples": 4, "validation_documents": 20, "output_dir": output_dir,
+    }
+    values.update(overrides)
+    return values
+
+
+def tiny_args(output_dir, train_file, validation_file=None, **overrides) -> list[str]:
+    values = {"tokenizer_name": TOKENIZER_DIR, "train_file": train_file, **tiny_sizes(output_dir, **overrides)}
+    if validation_file:
+        values["validation_file"] = validation_file
+        if "validation_documents" not in overrides:  # the validation file replaces the hold-out
+            del values["validation_documents"]
+    return flags(values)
+
+
+def hub_recipe_args(output_dir, **overrides) -> list[str]:
+    """The README's default command at a test's size: no data, tokenizer or model flags, so that the run streams
+    HuggingFaceTB/smollm-corpus (cosmopedia-v2) and loads the tokenizer HuggingFaceTB/SmolLM2-135M from the Hub (the
+    local Hub, with `hub_env`); only the sizes change (tiny_sizes)."""
+    return flags(tiny_sizes(output_dir, **overrides))
 
 
 def in_process_trainer(output_dir, corpus, callbacks, **overrides):
@@ -159,14 +176,21 @@ def app_env() -> dict:
     return env
 
 
-def run_app(argv, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(ROOT, "run_pretrain.py"), *argv], cwd=ROOT, env=app_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def hub_env(hub, hf_home) -> dict:
+    """The app's environment online, against `hub` (a LocalHub), with its own Hugging Face cache `hf_home`."""
+    env = dict(app_env(), HF_ENDPOINT=hub.url, HF_HOME=str(hf_home))
+    del env["HF_HUB_OFFLINE"], env["HF_DATASETS_OFFLINE"]
+    return env
 
 
-def start_app(argv) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_pretrain.py"), *argv], cwd=ROOT, env=app_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def run_app(argv, timeout=600, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run_pretrain.py"), *argv], cwd=ROOT,
+                          env=env or app_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_app(argv, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_pretrain.py"), *argv], cwd=ROOT,
+                            env=env or app_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def torchrun_argv(argv, nproc=2):
@@ -174,8 +198,9 @@ def torchrun_argv(argv, nproc=2):
     return [torchrun, "--nproc_per_node", str(nproc), "--standalone", os.path.join(ROOT, "run_pretrain.py"), *argv]
 
 
-def run_torchrun(argv, timeout=600):
-    return subprocess.run(torchrun_argv(argv), cwd=ROOT, env=app_env(), capture_output=True, text=True, timeout=timeout)
+def run_torchrun(argv, timeout=600, env=None):
+    return subprocess.run(torchrun_argv(argv), cwd=ROOT, env=env or app_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def read_log(output_dir, kind=None) -> list[dict]:

@@ -9,7 +9,7 @@ from datasets import Dataset, IterableDataset, load_dataset
 from pretraining.data.files import bad_record, builder_for, check_columns, check_local_file
 from pretraining.data.mixture import MixtureSource
 from pretraining.errors import DataError
-from pretraining.hub import hub_problem
+from pretraining.hub import hub_problem, raise_if_server_error
 
 
 def load_text_stream(files: list[str], text_column: str, *, dataset_name: str | None = None,
@@ -31,6 +31,7 @@ def load_text_stream(files: list[str], text_column: str, *, dataset_name: str | 
         try:
             dataset = load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming)
         except (OSError, ValueError) as err:  # ValueError: a config name the dataset does not have
+            raise_if_server_error(err, f"dataset {dataset_name!r} ({dataset_config_name})")
             reason, not_there = hub_problem(err) or (str(err).splitlines()[0], False)
             hint = "; use local files with --train_file [--validation_file] instead" if not_there else ""
             raise DataError(f"cannot load dataset {dataset_name!r} ({dataset_config_name}): {reason}{hint}") from err

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from helpers import GGUF_NAME, ROOT, TOKENIZER_DIR
 
