@@ -127,8 +127,9 @@ def tiny_args(output_dir, train_file, validation_file=None, **overrides) -> list
 def hub_recipe_args(output_dir, **overrides) -> list[str]:
     """The README's default command at a test's size: no data, tokenizer or model flags, so that the run streams
     HuggingFaceTB/smollm-corpus (cosmopedia-v2) and loads the tokenizer HuggingFaceTB/SmolLM2-135M from the Hub (the
-    local Hub, with `hub_env`); only the sizes change (tiny_sizes)."""
-    return flags(tiny_sizes(output_dir, **overrides))
+    local Hub, with `hub_env`); only the sizes change (tiny_sizes), the shuffle buffer's with them: the default
+    10,000 documents would hold the whole local corpus, read before the first step."""
+    return flags(tiny_sizes(output_dir, **{"shuffle_buffer": 32, **overrides}))
 
 
 def in_process_trainer(output_dir, corpus, callbacks, **overrides):

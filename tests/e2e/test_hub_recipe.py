@@ -24,9 +24,9 @@ from local_hub import CORPUS_REPO, MODEL_REPO, Request, downloads
 from pretraining.checkpoints import checkpoint_problem
 
 COSMOPEDIA = "cosmopedia-v2/*"
-# A pass over cosmopedia-v2's 104 shards here is about 200 steps of 4 x 64 tokens. datasets reads ahead by batches of
-# 256 documents (about 50 steps), so the downloads go on until about step 100, and a resume re-reads up to two
-# batches: only from step 110 or so on does a checkpoint lie beyond shards that a restart need not download again.
+# A pass over cosmopedia-v2's 104 shards here is about 200 steps of 4 x 64 tokens. The shuffled stream reads 8 shards at
+# a time through a buffer of 32 documents (hub_recipe_args), so shards are downloaded as the run goes on, and a
+# resume opens again only the shards that were open at its checkpoint.
 STEPS = {"max_steps": 150, "save_steps": 30, "eval_steps": 50, "generation_steps": 0, "logging_steps": 1}
 
 
@@ -80,10 +80,9 @@ def test_the_default_recipe_streams_cosmopedia_trains_evaluates_and_checkpoints(
 def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(recipe_run, local_hub, tmp_path):
     """kill -9 after checkpoint-120, the same command again: the losses are the uninterrupted run's. What the restart
     reads again: the held-out documents (every start rebuilds the evaluation set from the stream's first documents),
-    and what datasets needs to resume the saved position: a batched `filter` or `map` resumes from the start of its
-    batch in progress (256 documents here, two such operations in a row), and a parquet shard from its first row
-    group. Shards finished before that are not downloaded again: the restart fetches less than the uninterrupted
-    run, by more than a shard."""
+    and the shards open at the checkpoint, each from the start of its row group in progress (datasets' resume; the
+    shuffle buffer's documents are in the checkpoint). Shards finished before that are not downloaded again: the
+    restart fetches less than the uninterrupted run, by more than a shard."""
     output_dir = str(tmp_path / "run")
     argv = same_run_elsewhere(recipe_run, output_dir)
     env = hub_env(local_hub, tmp_path / "hf_home")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-
 from helpers import GGUF_NAME, ROOT, TOKENIZER_DIR
 
 # a script of a user's, not the app: it imports the model file directly and saves what it built or loaded
