@@ -27,7 +27,7 @@ COSMOPEDIA = "cosmopedia-v2/*"
 # A pass over cosmopedia-v2's 104 shards here is about 200 steps of 4 x 64 tokens. The shuffled stream reads 8 shards at
 # a time through a buffer of 32 documents (hub_recipe_args), so shards are downloaded as the run goes on, and a
 # resume opens again only the shards that were open at its checkpoint.
-STEPS = {"max_steps": 150, "save_steps": 30, "eval_steps": 50, "generation_steps": 0, "logging_steps": 1}
+STEPS = {"max_steps": 90, "save_steps": 30, "eval_steps": 45, "generation_steps": 0, "logging_steps": 1}
 
 
 @dataclass
@@ -64,11 +64,11 @@ def same_run_elsewhere(run: HubRun, output_dir: str) -> list[str]:
 def test_the_default_recipe_streams_cosmopedia_trains_evaluates_and_checkpoints(recipe_run):
     run = recipe_run
     assert "data: HuggingFaceTB/smollm-corpus (cosmopedia-v2, streamed)" in run.result.stdout
-    assert [row["step"] for row in read_log(run.output_dir, "train")] == list(range(1, 151))
+    assert [row["step"] for row in read_log(run.output_dir, "train")] == list(range(1, 91))
     evals = read_log(run.output_dir, "eval")
-    assert [row["step"] for row in evals] == [50, 100, 150]
+    assert [row["step"] for row in evals] == [45, 90]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] < 10  # learned from the streamed text
-    for step in (30, 60, 90, 120, 150):
+    for step in (30, 60, 90):
         assert checkpoint_problem(os.path.join(run.output_dir, f"checkpoint-{step}")) is None
     downloaded = {(request.repo, request.file) for request in run.requests if request.method == "GET" and request.file}
     assert (f"model:{MODEL_REPO}", "tokenizer.json") in downloaded
@@ -78,7 +78,7 @@ def test_the_default_recipe_streams_cosmopedia_trains_evaluates_and_checkpoints(
 
 
 def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(recipe_run, local_hub, tmp_path):
-    """kill -9 after checkpoint-120, the same command again: the losses are the uninterrupted run's. What the restart
+    """kill -9 after checkpoint-60, the same command again: the losses are the uninterrupted run's. What the restart
     reads again: the held-out documents (every start rebuilds the evaluation set from the stream's first documents),
     and the shards open at the checkpoint, each from the start of its row group in progress (datasets' resume; the
     shuffle buffer's documents are in the checkpoint). Shards finished before that are not downloaded again: the
@@ -88,14 +88,14 @@ def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(reci
     env = hub_env(local_hub, tmp_path / "hf_home")
     process = start_app(argv, env=env)
     try:
-        wait_for_step(output_dir, 122, process)
+        wait_for_step(output_dir, 62, process)
     finally:
         process.kill()
         process.wait()
     first = len(local_hub.requests)
     result = run_app(argv, env=env)
     assert result.returncode == 0, failed(result)
-    assert "Resuming from checkpoint-120" in result.stdout
+    assert "Resuming from checkpoint-60" in result.stdout
     assert losses(output_dir) == pytest.approx(losses(recipe_run.output_dir), abs=1e-4)
     corpus = local_hub.repo_folder("dataset", CORPUS_REPO)
     largest_shard = max(os.path.getsize(path) for path in glob.glob(os.path.join(corpus, COSMOPEDIA)))
