@@ -76,6 +76,23 @@ def saved_and_loaded(state):
     return torch.load(buffer, weights_only=True)
 
 
+def cut_and_resume(loader, cut: int, read_ahead: bool = True):
+    """A fresh `loader()` read for `cut` batches and its state taken (then, with `read_ahead`, one batch more read, as
+    accelerate's loader does before a checkpoint is saved), saved, and loaded into a new `loader()`: (the first `cut`
+    batches' input_ids, the resumed loader, the state)."""
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["input_ids"] for _ in range(cut)]
+    state = first.state_dict()
+    if read_ahead:
+        next(iterator)
+    state = saved_and_loaded(state)
+    del iterator
+    second = loader()
+    second.load_state_dict(state)
+    return head, second, state
+
+
 def doc_tokens(tokenizer, texts):
     return [t for text in texts for t in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]]
 

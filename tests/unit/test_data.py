@@ -11,7 +11,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 import numpy as np
 
-from helpers import data_args, doc_tokens, documents_read, packed, saved_and_loaded, write_jsonl
+from helpers import (cut_and_resume, data_args, doc_tokens, documents_read, packed, saved_and_loaded,
+                     write_jsonl)
 from pretraining.data import build_datasets, collate_blocks
 from pretraining.data.mixing import TokenShareMixer
 from pretraining.data.packing import BlockStream, loader_source_token_counts, stream_states
@@ -78,15 +79,7 @@ def test_stateful_dataloader_workers_resume_exactly(tmp_path, tokenizer, num_wor
     tokens = sorted(torch.cat(full).flatten().tolist())
     # every worker reads its own files: together they cover the corpus, nothing twice
     assert len(tokens) >= len(doc_tokens(tokenizer, [json.loads(line)["text"] for f in files for line in open(f)])) - 2 * 32 * 4
-    first = loader()
-    iterator = iter(first)
-    head = [next(iterator)["input_ids"] for _ in range(3)]
-    state = first.state_dict()
-    next(iterator)  # read ahead, as accelerate's loader does, before the state is saved
-    state = copy.deepcopy(state)
-    del iterator
-    second = loader()
-    second.load_state_dict(state)
+    head, second, _ = cut_and_resume(loader, 3)
     rest = [batch["input_ids"] for batch in second]
     assert all(torch.equal(a, b) for a, b in zip(head + rest, full)) and len(head + rest) == len(full)
 
@@ -253,15 +246,7 @@ def test_resume_in_a_later_pass_continues_exactly(tmp_path, tokenizer, num_worke
     per_pass = [[ids for ids, data_pass in full if data_pass == p] for p in (1, 3)]
     assert all(torch.equal(a, b) for a, b in zip(*per_pass)) and per_pass[1]  # the same blocks in every pass
     for cut in (1, 17, 33):
-        first = loader()
-        iterator = iter(first)
-        head = [next(iterator)["input_ids"] for _ in range(cut)]
-        state = first.state_dict()
-        next(iterator)  # read ahead, as accelerate's loader does, before the state is saved
-        state = saved_and_loaded(state)
-        del iterator
-        second = loader()
-        second.load_state_dict(state)
+        head, second, _ = cut_and_resume(loader, cut)
         rest = [batch["input_ids"] for batch in itertools.islice(second, 40 - cut)]
         assert all(torch.equal(a, b) for a, (b, _) in zip(head + rest, full, strict=True)), cut
 
@@ -369,13 +354,7 @@ def test_workers_in_different_passes_resume_exactly(tmp_path, tokenizer):
     full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]
     cut = 21
     assert full[cut][1] != full[cut + 1][1], "the two workers should be in different passes at the cut"
-    first = loader()
-    iterator = iter(first)
-    head = [next(iterator)["input_ids"] for _ in range(cut)]
-    state = saved_and_loaded(first.state_dict())
-    del iterator
-    second = loader()
-    second.load_state_dict(state)
+    head, second, _ = cut_and_resume(loader, cut, read_ahead=False)
     rest = [batch["input_ids"] for batch in itertools.islice(second, 40 - cut)]
     assert all(torch.equal(a, b) for a, (b, _) in zip(head + rest, full, strict=True))
 

@@ -10,8 +10,8 @@ import torch
 import yaml
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from helpers import data_args, documents_read, fails_in_one_line, mixture, saved_and_loaded, tiny_args, \
-    without_train_file, write_jsonl, write_sources
+from helpers import (cut_and_resume, data_args, documents_read, fails_in_one_line, mixture, tiny_args,
+                     without_train_file, write_jsonl, write_sources)
 from pretraining.arguments import parse_args
 from pretraining.data import build_datasets, collate_blocks, loader_source_token_counts, loader_stage_token_counts
 from pretraining.data.mixture import parse_mixture
@@ -76,15 +76,7 @@ def test_data_stages_switch_the_mixture_at_their_step_and_resume_exactly(tmp_pat
     a_tail, b_part = stage_counts[-1][1]
     assert a_tail + b_part == 3 * per_step and a_tail < block  # then B (after the last A document's end)
     for cut in (3, 5 * steps_per_batch, 13):
-        first = loader()
-        iterator = iter(first)
-        head = [next(iterator)["input_ids"] for _ in range(cut)]
-        state = first.state_dict()
-        next(iterator)
-        state = saved_and_loaded(state)
-        del iterator
-        second = loader()
-        second.load_state_dict(state)
+        head, second, _ = cut_and_resume(loader, cut)
         rest = [batch_ids["input_ids"] for batch_ids in itertools.islice(second, len(full) - cut)]
         assert all(torch.equal(x, y) for x, y in zip(head + rest, full, strict=True)), cut
 
@@ -111,16 +103,8 @@ def test_a_mixture_resumes_exactly_in_any_pass_with_its_token_counts(tmp_path, t
     assert full[-1][1] >= 3, "the mixture should be read several times"
     assert [sum(c) for c in counts] == [2 * 16 * (i + 1) for i in range(40)]
     for cut in (3, 25):
-        first = loader()
-        iterator = iter(first)
-        head = [next(iterator)["input_ids"] for _ in range(cut)]
-        state = first.state_dict()
-        next(iterator)
-        state = saved_and_loaded(state)
-        del iterator
+        head, second, state = cut_and_resume(loader, cut)
         assert loader_source_token_counts(state, 2) == counts[cut - 1]
-        second = loader()
-        second.load_state_dict(state)
         rest, iterator = [], iter(second)
         for batch in itertools.islice(iterator, 40 - cut):
             rest.append(batch["input_ids"])
@@ -259,13 +243,7 @@ def test_three_ranks_read_each_source_its_own_way(tmp_path, tokenizer, num_worke
         return StatefulDataLoader(train, batch_size=2, num_workers=num_workers, collate_fn=collate_blocks)
 
     full = [batch["input_ids"] for batch in itertools.islice(loader(), 30)]
-    first = loader()
-    iterator = iter(first)
-    head = [next(iterator)["input_ids"] for _ in range(11)]
-    state = saved_and_loaded(first.state_dict())
-    del iterator
-    second = loader()
-    second.load_state_dict(state)
+    head, second, _ = cut_and_resume(loader, 11, read_ahead=False)
     rest = list(itertools.islice((batch["input_ids"] for batch in second), 30 - 11))
     assert all(torch.equal(x, y) for x, y in zip(head + rest, full, strict=True))
 

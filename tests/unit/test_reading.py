@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from helpers import data_args, documents_read, saved_and_loaded, write_jsonl
+from helpers import cut_and_resume, data_args, documents_read, saved_and_loaded, write_jsonl
 from pretraining.data import build_datasets, collate_blocks, stream_states
 
 SHARDS, PER_SHARD = 8, 40
@@ -92,15 +92,7 @@ def test_a_shuffled_stream_resumes_exactly_in_any_pass(corpus_of_8_shards, token
     full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 150)]
     assert full[-1][1] >= 2, "the run should go on into a later pass"
     for cut in (3, 40, 120):
-        first = loader()
-        iterator = iter(first)
-        head = [next(iterator)["input_ids"] for _ in range(cut)]
-        state = first.state_dict()
-        next(iterator)
-        state = saved_and_loaded(state)
-        del iterator
-        second = loader()
-        second.load_state_dict(state)
+        head, second, _ = cut_and_resume(loader, cut)
         rest = [batch["input_ids"] for batch in itertools.islice(second, 150 - cut)]
         assert all(torch.equal(a, b) for a, (b, _) in zip(head + rest, full, strict=True)), cut
 
