@@ -72,6 +72,7 @@ class PretrainingTrainer(Trainer):
         self.eval_sources = None  # during a mixture's evaluation: source name -> its blocks
         self._timed_optimizer = None
         self.resumed_window = None  # a resumed checkpoint's logging window, restored at the first step
+
     def train(self, resume_from_checkpoint=None, **kwargs):
         self.resume_from = resume_from_checkpoint
         self.resumed_window = None
@@ -236,14 +237,18 @@ class PretrainingTrainer(Trainer):
                 logs["skipped_steps"] = self.skipped_since_log
                 self.skipped_since_log = 0
             logs.update(self.source_token_fields())
-            if len(self.stage_starts) > 1:  # the stage of the step just taken, 1 for the first
-                logs[DATA_STAGE] = sum(start < self.state.global_step for start in self.stage_starts)
+            if len(self.stage_starts) > 1:
+                logs[DATA_STAGE] = self.data_stage()
             logs.update({field.key: field.derive(logs, self.args) for field in LOG_FIELDS if field.derive})
         elif EVAL_LOSS in logs:
             # eval_loss -> eval_perplexity, a mixture's eval_loss/<source> -> eval_perplexity/<source>
             logs.update({EVAL_PREFIX + PERPLEXITY + key[len(EVAL_LOSS):]: perplexity(logs[key])
                          for key in [key for key in logs if key.split("/")[0] == EVAL_LOSS]})
         super().log(logs, start_time)
+
+    def data_stage(self) -> int:
+        """The data stage of the step just taken, 1 for the first."""
+        return sum(start < self.state.global_step for start in self.stage_starts)
 
     def source_token_fields(self) -> dict[str, int]:
         """A mixture's tokens trained on per source since step 0, all ranks together, as `tokens_by_source/<source>`
@@ -261,10 +266,9 @@ class PretrainingTrainer(Trainer):
             torch.distributed.all_reduce(counts)  # a few integers, at log steps only
         counts = counts.tolist()
         fields = {f"{TOKENS_BY_SOURCE}/{name}": count for name, count in zip(self.source_names, counts[0])}
-        if stages > 1:
-            stage = sum(start < self.state.global_step for start in self.stage_starts)
+        if stages > 1:  # counts[0] is the whole run's, counts[stage] that stage's
             fields.update({f"{STAGE_TOKENS_BY_SOURCE}/{name}": count
-                           for name, count in zip(self.source_names, counts[stage])})
+                           for name, count in zip(self.source_names, counts[self.data_stage()])})
         return fields
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):

@@ -129,6 +129,6 @@ def stage_sources(stages: list[DataStage]) -> tuple[list[MixtureSource], list[li
     for stage in stages:
         for source in stage.mixture:
             first.setdefault(source.name, source)
-    weights = [[{source.name: source.weight for source in stage.mixture}.get(name, 0.0) for name in first]
-               for stage in stages]
+    stage_weights = [{source.name: source.weight for source in stage.mixture} for stage in stages]
+    weights = [[weights.get(name, 0.0) for name in first] for weights in stage_weights]
     return list(first.values()), weights

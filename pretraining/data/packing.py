@@ -195,9 +195,7 @@ class BlockStream:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.loaded_state = state
-        self.source_token_counts = [int(count) for count in state["tokens_by_source"]]
-        self.stage_token_counts = [[int(count) for count in stage] for stage in state["tokens_by_stage"]]
+        self.loaded_state = state  # the next iteration starts there; until then it is this stream's state
 
 
 def hosting_workers(streams: int, workers: int) -> int:
@@ -314,18 +312,9 @@ def stream_states(loader_state) -> dict[int, dict]:
 
 
 def packer_counts(loader_state, key: str) -> np.ndarray | None:
-    """The sum of the packers' `key` counts in a DataLoader's state (one packer, or one per DataLoader worker,
-    wherever torchdata's state nests them); None where it holds no packer's state."""
-    if isinstance(loader_state, dict):
-        if key in loader_state and "leftover" in loader_state:  # a PackedDataset's state
-            return np.asarray(loader_state[key], dtype=np.int64)
-        children = list(loader_state.values())
-    elif isinstance(loader_state, (list, tuple)):
-        children = list(loader_state)
-    else:
-        return None
-    found = [counts for counts in (packer_counts(child, key) for child in children) if counts is not None]
-    return np.sum(found, axis=0) if found else None
+    """The sum of the streams' `key` counts in a DataLoader's state; None where it holds no stream's state."""
+    states = stream_states(loader_state).values()
+    return np.sum([np.asarray(state[key], dtype=np.int64) for state in states], axis=0) if states else None
 
 
 def loader_source_token_counts(loader_state, num_sources: int) -> list[int]:
