@@ -7,6 +7,8 @@ import json
 import math
 import os
 
+from pretraining.run_files import written_atomically
+
 
 def read_jsonl(path: str):
     """The rows of a JSON Lines file; a torn line, as a kill mid-write leaves, is skipped."""
@@ -37,11 +39,5 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     if not os.path.exists(path):
         return
     kept = [row for row in read_jsonl(path) if row.get("step", 0) <= last_step]
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in kept)
-        os.replace(tmp, path)
-    finally:  # a failed write (a full disk) leaves no partial copy for the next run to trip on
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with written_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in kept)

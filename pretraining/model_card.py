@@ -14,7 +14,7 @@ from pretraining.curves import plot_training_log, read_training_log
 from pretraining.hub import is_path
 from pretraining.jsonl import read_jsonl
 from pretraining.log_fields import DATA_STAGE, STAGE_TOKENS_BY_SOURCE, TOKENS_BY_SOURCE, score_keys, source_loss_keys
-from pretraining.run_files import CURVES_PNG, MODEL_CARD, RUN_EXPORTS, SAMPLES_LOG, TRAINING_LOG
+from pretraining.run_files import CURVES_PNG, MODEL_CARD, RUN_EXPORTS, SAMPLES_LOG, TRAINING_LOG, written_atomically
 from pretraining.run_folder import changes
 
 MAX_SAMPLES = 3
@@ -166,13 +166,8 @@ def write_model_card(output_dir: str, *, model_config, num_parameters: int, data
     metadata = ModelCardData(license=license, library_name="transformers", pipeline_tag="text-generation",
                              tags=TAGS, datasets=datasets or None, base_model=base_model, metrics=metrics)
     path = os.path.join(output_dir, MODEL_CARD)
-    tmp = path + ".tmp"  # written beside and swapped in: a failed write leaves the card there was
-    try:
+    with written_atomically(path) as tmp:  # a failed write leaves the card there was
         ModelCard(f"---\n{metadata.to_yaml()}\n---\n" + "\n".join(lines)).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

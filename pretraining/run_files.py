@@ -17,6 +17,9 @@
 The model's own files (config.json, model.safetensors, the tokenizer's, the remote code) are named by transformers.
 """
 
+import os
+from contextlib import contextmanager
+
 TRAINING_LOG = "training_log.jsonl"
 SAMPLES_LOG = "samples.jsonl"
 CURVES_PNG = "training_curves.png"
@@ -37,3 +40,16 @@ def data_state_file(rank: int) -> str:
 def log_window_file(rank: int) -> str:
     """Rank `rank`'s logging window in a checkpoint: what the next training row averages over."""
     return f"log_window_rank{rank}.json"
+
+
+@contextmanager
+def written_atomically(path: str):
+    """A temporary name beside `path` to write to, swapped in when the block ends: a crash or a failed write (a full
+    disk) leaves what `path` held, and no partial copy for the next run to trip on."""
+    tmp = path + ".tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -26,7 +26,7 @@ import torch
 
 from pretraining.checkpoints import find_resume_checkpoint
 from pretraining.errors import ArgumentError
-from pretraining.run_files import LOCK, RUN_IDENTITY
+from pretraining.run_files import LOCK, RUN_IDENTITY, written_atomically
 
 # what a resume may change with --allow_changes, and what it means
 CHANGEABLE = {
@@ -91,14 +91,8 @@ def read_identity(folder: str) -> dict | None:
 
 def write_identity(folder: str, record: dict) -> None:
     """Atomically: a crash leaves the old record or the new one."""
-    tmp = os.path.join(folder, RUN_IDENTITY + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-        os.replace(tmp, os.path.join(folder, RUN_IDENTITY))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with written_atomically(os.path.join(folder, RUN_IDENTITY)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
 
 
 def check_resume(record: dict, identity: dict, allowed: set[str], checkpoint: str, step: int) -> list[str]:
@@ -111,7 +105,7 @@ def check_resume(record: dict, identity: dict, allowed: set[str], checkpoint: st
         raise ArgumentError(f"cannot resume from {checkpoint}: this command has another model or tokenizer ({listed}); "
                             "a run's weights keep their shape and vocabulary: use another --output_dir (to start "
                             f"from these weights, --model_name_or_path {checkpoint})")
-    if "world_size" in str(found.get("batch", "")):
+    if any(item.startswith("world_size:") for item in found.get("batch", ())):
         raise ArgumentError(f"cannot resume from {checkpoint} with another number of processes "
                             f"({'; '.join(found['batch'])}): each rank's data position is its own")
     refused = {part: items for part, items in found.items() if part not in allowed}
