@@ -26,10 +26,9 @@ import transformers
 from transformers import TrainerState, set_seed
 from transformers.utils import logging as hf_logging
 
-from modeling_smollm2 import SmolLM2ForCausalLM
+from callbacks import (CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, LogTheLastStep, ProgressBarCallback,
+                       ProgressLinesCallback, StopOnSignal)
 from pretraining.arguments import ModelArguments, PretrainingArguments, comma_list, parse_args, traceback_requested
-from pretraining.callbacks import (CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, LogTheLastStep,
-                                   ProgressBarCallback, ProgressLinesCallback)
 from pretraining.checkpoints import saved_step
 from pretraining.data import DataArguments, TrainingData, build_datasets, collate_blocks
 from pretraining.devices import (DeviceReport, device_peak_flops, peak_summary, precision_summary, probe_device,
@@ -39,10 +38,10 @@ from pretraining.eval_tasks import TaskSuite, check_eval_tasks
 from pretraining.hub import raise_if_outage
 from pretraining.model import build_config, build_model, load_tokenizer
 from pretraining.model_card import write_report
-from pretraining.run_files import RUN_IDENTITY, TRAINER_STATE
-from pretraining.run_folder import CHANGEABLE, check_resume, claimed_output_dir, read_identity, run_identity, \
-    write_identity
-from pretraining.signals import EXIT_STATUS, StopOnSignal, stopped_exit_status
+from pretraining.run_files import TRAINER_STATE
+from pretraining.run_folder import claimed_output_dir
+from pretraining.run_state import CHANGEABLE, RunState, run_identity
+from pretraining.signals import EXIT_STATUS, stopped_exit_status
 from pretraining.serving import export_run
 from pretraining.throughput import StepMeter, flops_per_token
 from pretraining.trainer import PretrainingTrainer
@@ -71,21 +70,22 @@ def global_batch(training_args: PretrainingArguments) -> int:
 
 
 def build_trainer(data_args: DataArguments, training_args: PretrainingArguments, tokenizer, model,
-                  data: TrainingData, resume_changes: list[str] = ()) -> PretrainingTrainer:
-    """The trainer with every callback of the app, assembled here."""
+                  data: TrainingData, run_state: RunState) -> PretrainingTrainer:
+    """The trainer with every callback of the app, assembled here; `run_state` is what the run carries across
+    restarts (a new run's, or the resumed checkpoint's after its transition)."""
     if data.evaluation is None:
         training_args.eval_strategy = "no"
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     peak = device_peak_flops(training_args.device, dtype, training_args.peak_tflops)
     step_meter = StepMeter(global_batch(training_args) * data_args.block_size, training_args.world_size,
                            flops_per_token(model.config, data_args.block_size, model.num_parameters()), peak,
-                           warn=print if training_args.should_log else None)
+                           run_state.window, run_state.counters, warn=print if training_args.should_log else None)
     tasks = comma_list(training_args.eval_tasks)
     callbacks = [
         ProgressLinesCallback if training_args.disable_tqdm else ProgressBarCallback,  # concise lines, not dicts
-        JsonlLogCallback(training_args.output_dir),
-        GenerationSamplesCallback(training_args.output_dir, training_args.generation_prompts,
-                                  training_args.generation_steps, training_args.generation_max_new_tokens),
+        JsonlLogCallback(),
+        GenerationSamplesCallback(training_args.generation_prompts, training_args.generation_steps,
+                                  training_args.generation_max_new_tokens),
         CurvesCallback(),
         LogTheLastStep(),
         StopOnSignal(),
@@ -95,9 +95,9 @@ def build_trainer(data_args: DataArguments, training_args: PretrainingArguments,
     trainer = PretrainingTrainer(
         model=model, args=training_args, train_dataset=data.train, eval_dataset=data.evaluation,
         processing_class=tokenizer, data_collator=partial(collate_blocks, flatten=flatten), callbacks=callbacks,
-        step_meter=step_meter, max_nonfinite_steps=training_args.max_nonfinite_steps,
-        source_names=[source.name for source in data.mixture or ()],
-        stage_starts=[stage.start_step for stage in data.stages or ()], resume_changes=resume_changes,
+        run_state=run_state, step_meter=step_meter, max_nonfinite_steps=training_args.max_nonfinite_steps,
+        source_names=[source.name for source in data.sources], mixture=data_args.mixture is not None,
+        stage_starts=[stage.start_step for stage in data.stages or ()],
         task_suite=TaskSuite(tasks, training_args.eval_tasks_limit, training_args.eval_tasks_path,
                              training_args.per_device_eval_batch_size) if tasks else None,
     )
@@ -115,8 +115,8 @@ def print_summary(model, data_args: DataArguments, training_args: PretrainingArg
     world = training_args.world_size
     sequences = global_batch(training_args)
     source = data_args.train_file or f"{data_args.dataset_name} ({data_args.dataset_config_name}, streamed)"
-    if data.mixture:
-        source = f"a mixture of {len(data.mixture)} sources"
+    if data_args.mixture:
+        source = f"a mixture of {len(data_args.mixture)} sources"
     print(f"model: SmolLM2, {model.num_parameters():,} parameters, {model.config.num_hidden_layers} layers, "
           f"hidden {model.config.hidden_size}, vocab {model.config.vocab_size}")
     print(f"batch: {sequences} sequences x {data_args.block_size} tokens = {sequences * data_args.block_size:,} "
@@ -162,23 +162,24 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
                       f"model is in {training_args.output_dir}. Nothing changed; pass a larger --max_steps to train "
                       "on.")
             return 0
-        resumed = resumed_record(checkpoint)
         tokenizer = load_tokenizer(model_args)
         config = build_config(model_args, data_args, tokenizer)
-        # the rank's data streams: one per DataLoader worker of the run's first start (then any number may host them)
-        streams = resumed["data_streams"] if resumed else max(1, training_args.dataloader_num_workers)
+        run_state, changed = state_to_go_on_from(checkpoint, trained, training_args,
+                                                 run_identity(config, tokenizer, model_args, data_args, training_args))
         data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size,
                               seed=training_args.seed, blocks_per_batch=training_args.per_device_train_batch_size,
-                              batches_per_step=training_args.gradient_accumulation_steps, streams=streams)
-        # inputs are all checked: from here on output_dir may change
-        record, changed = record_identity(folder, resumed, trained,
-                                          run_identity(config, tokenizer, model_args, data_args, training_args),
-                                          training_args, streams)
+                              streams=run_state.record.data_streams,
+                              stage_batches=[run_state.batch_of_step(stage.start_step) for stage in data_args.stages]
+                              if data_args.stages else None)
+        # inputs are all checked: from here on output_dir may change. The identity record is the run's first write.
+        if training_args.process_index == 0:
+            if checkpoint is None and training_args.replace_output_dir:
+                folder.clear()
+            run_state.write_record(training_args.output_dir)
         # trained == max_steps: the last checkpoint was saved but not the final model (stopped in between)
         finishing = trained == training_args.max_steps
-        model = SmolLM2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32) if finishing else build_model(
-            model_args, config)
-        trainer = build_trainer(data_args, training_args, tokenizer, model, data, resume_changes=changed)
+        model = build_model(model_args, config, checkpoint)
+        trainer = build_trainer(data_args, training_args, tokenizer, model, data, run_state)
         print_summary(model, data_args, training_args, data, trainer.step_meter.peak_flops, device)
         if training_args.should_log:
             print(f"Saving the final model of {os.path.basename(checkpoint)}" if finishing else
@@ -200,45 +201,26 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
                     print(f"Stopped by {cause} at step {trainer.state.global_step}; checkpoint saved. Run the same "
                           "command to resume.", flush=True)
                 return stopped_exit_status(stop.received, training_args.world_size)
-        save_final(trainer, model, model_args, data_args, training_args, record)
+        save_final(trainer, model, model_args, data_args, training_args, run_state)
     return 0
 
 
-def resumed_record(checkpoint: str | None) -> dict | None:
-    """The identity record of the checkpoint to resume from (None for a new run)."""
+def state_to_go_on_from(checkpoint: str | None, trained: int, training_args: PretrainingArguments,
+                        identity: dict) -> tuple[RunState, list[str]]:
+    """The run state this command goes on from, and the parts of the run that it changes: a new run's state (no
+    change), or the checkpoint's after the transition to this command's `identity` at step `trained` (what
+    `--allow_changes` does not allow is refused)."""
+    batches_per_step = training_args.gradient_accumulation_steps
     if checkpoint is None:
-        return None
-    record = read_identity(checkpoint)
-    if record is None:
-        raise ArgumentError(f"cannot resume from {checkpoint}: it has no {RUN_IDENTITY} (an earlier version of this "
-                            "app wrote it): resume it with that version, or start anew with --replace_output_dir")
-    record["checkpoint"] = checkpoint
-    return record
-
-
-def record_identity(folder, resumed: dict | None, trained: int, identity: dict,
-                    training_args: PretrainingArguments, streams: int) -> tuple[dict, list[str]]:
-    """The run's identity record, written (main process) as the run's first write: a new run's, or a resumed one's
-    (`resumed`, its checkpoint's) with a new segment for the changes `--allow_changes` takes (what is not allowed
-    is refused). Returns (the record, the parts that changed)."""
-    changed = []
-    if resumed is None:
-        if training_args.replace_output_dir and training_args.process_index == 0:
-            folder.clear()
-        record = {"segments": [{"from_step": 0, "identity": identity}], "data_streams": streams}
-    else:
-        record = {key: value for key, value in resumed.items() if key != "checkpoint"}
-        changed = check_resume(record, identity, set(comma_list(training_args.allow_changes)), resumed["checkpoint"],
-                               trained)
-        if changed:
-            record["segments"].append({"from_step": trained, "identity": identity, "changed": changed})
-    if training_args.process_index == 0:
-        write_identity(training_args.output_dir, record)
-    return record, changed
+        # the rank's data streams: one per DataLoader worker of the run's first start (then any number may host them)
+        return RunState.start(identity, max(1, training_args.dataloader_num_workers), batches_per_step), []
+    run_state = RunState.load(checkpoint, training_args.process_index)
+    changed = run_state.resume(identity, set(comma_list(training_args.allow_changes)), trained, batches_per_step)
+    return run_state, changed
 
 
 def save_final(trainer: PretrainingTrainer, model, model_args: ModelArguments, data_args: DataArguments,
-               training_args: PretrainingArguments, record: dict) -> None:
+               training_args: PretrainingArguments, run_state: RunState) -> None:
     """The final model (weights, config with auto_map, model code, tokenizer), its exports, the report (curves and
     model card), the trainer state, and the push to the Hub."""
     model.config.use_cache = True  # the Trainer turns it off for training; users generate with the cache
@@ -246,7 +228,7 @@ def save_final(trainer: PretrainingTrainer, model, model_args: ModelArguments, d
     if training_args.should_save:
         for path in export_run(training_args.output_dir, comma_list(training_args.export_formats)):
             print(f"Exported {path}", flush=True)
-        write_report(model, model_args, data_args, training_args, record)
+        write_report(model, model_args, data_args, training_args, run_state.record)
         # written last: its step marks the final model as complete (a finished run started again stops here)
         trainer.save_state()
         print(f"Model saved to {training_args.output_dir}", flush=True)

@@ -29,6 +29,8 @@ from pretraining.devices import probe_device  # noqa: E402
 from pretraining.jsonl import read_jsonl  # noqa: E402
 from pretraining.model import BUNDLED_TOKENIZER, build_config, build_model, load_tokenizer  # noqa: E402
 from pretraining.run_files import TRAINING_LOG  # noqa: E402
+from pretraining.run_state import run_identity  # noqa: E402
+from transformers import set_seed  # noqa: E402
 
 TINY = "num_hidden_layers=2,hidden_size=64,intermediate_size=128,num_attention_heads=4,num_key_value_heads=2"
 
@@ -90,9 +92,16 @@ def main(argv=None) -> None:
         device = probe_device()
         model_args, data_args, training_args = parse_args(app_argv(args, corpus, output_dir), device)
         tokenizer = load_tokenizer(model_args)
-        data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size)
-        model = build_model(model_args, build_config(model_args, data_args, tokenizer))
-        trainer = run_pretrain.build_trainer(data_args, training_args, tokenizer, model, data)
+        config = build_config(model_args, data_args, tokenizer)
+        # as run_pretrain.train builds them: the run state's data streams, the model after the seed
+        run_state, _ = run_pretrain.state_to_go_on_from(None, 0, training_args, run_identity(
+            config, tokenizer, model_args, data_args, training_args))
+        data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size,
+                              seed=training_args.seed, blocks_per_batch=training_args.per_device_train_batch_size,
+                              streams=run_state.record.data_streams)
+        set_seed(training_args.seed)
+        model = build_model(model_args, config)
+        trainer = run_pretrain.build_trainer(data_args, training_args, tokenizer, model, data, run_state)
         run_pretrain.print_summary(model, data_args, training_args, data, trainer.step_meter.peak_flops, device)
         trainer.train()
         log = os.path.join(output_dir, TRAINING_LOG)

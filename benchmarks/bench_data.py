@@ -36,7 +36,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from pretraining.data.pipeline import single_source_packer  # noqa: E402
+from pretraining.data.pipeline import TokenizedSource, pack_sources  # noqa: E402
 from pretraining.data.reading import NO_SHUFFLE, Shuffle  # noqa: E402
 from pretraining.data.sources import load_text_stream  # noqa: E402
 from pretraining.data.tokenize import IdsEncoder, tokenize_stream  # noqa: E402
@@ -76,8 +76,8 @@ def pipeline_rate(tokenizer, files: list[str], block_size: int, batch_size: int,
     start = time.perf_counter()
     stream = load_text_stream(files, "text", dataset_name=dataset_name, dataset_config_name=HUB_CONFIG)
     # one pass: the training stream is endless (passes=None) and this reads to its end
-    dataset = single_source_packer(tokenize_stream(stream, tokenizer, "text"), block_size, shuffle, tokenizer,
-                                   passes=1)
+    dataset = pack_sources([TokenizedSource(tokenize_stream(stream, tokenizer, "text"))], block_size, shuffle,
+                           tokenizer, passes=1)
     loader = StatefulDataLoader(dataset, batch_size=batch_size, num_workers=workers)
     batches = iter(loader)
     tokens = next(batches)["input_ids"].numel()

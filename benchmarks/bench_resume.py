@@ -23,7 +23,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from bench_data import ROOT, write_corpus  # noqa: E402
 from tempfile import TemporaryDirectory  # noqa: E402
-from pretraining.data.pipeline import single_source_packer  # noqa: E402
+from pretraining.data.pipeline import TokenizedSource, pack_sources  # noqa: E402
 from pretraining.data.reading import Shuffle  # noqa: E402
 from pretraining.data.sources import load_text_stream  # noqa: E402
 from pretraining.data.tokenize import tokenize_stream  # noqa: E402
@@ -31,8 +31,8 @@ from pretraining.data.tokenize import tokenize_stream  # noqa: E402
 
 def loader(tokenizer, files, block_size, batch_size):
     # shuffled as the app reads by default: the restored state holds the shuffle buffer
-    dataset = single_source_packer(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"), block_size,
-                                   Shuffle(buffer=10_000, shards=8, seed=0), tokenizer)
+    dataset = pack_sources([TokenizedSource(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"))],
+                           block_size, Shuffle(buffer=10_000, shards=8, seed=0), tokenizer)
     # the same wrapping as the app's train loader (pretraining/trainer.py)
     return prepare_data_loader(torch.utils.data.DataLoader(dataset, batch_size=batch_size), torch.device("cpu"),
                                num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False,

@@ -1,4 +1,5 @@
-"""The pretraining app's internals: what the commands at the project's root import.
+"""The pretraining app's internals: what the commands at the project's root import (the app's Trainer callbacks are
+at the root, `callbacks.py`: a script of a user's adds them to its own Trainer).
 
     arguments.py   the flags (ModelArguments, PretrainingArguments; data/arguments.py: DataArguments) and parsing
     errors.py      the error types and the one-line report
@@ -8,9 +9,11 @@
     model.py       tokenizer, config and model of a run
     data/          the streamed, tokenized, packed data (see data/__init__.py)
     trainer.py     the Trainer with exact resume, crash-safe checkpoints, every logged value
+    run_state.py   everything a run carries across a restart, one record: identity, counters, log window, data position
+    run_folder.py  the output folder owned by one run: what it holds, the lock
     checkpoints.py checkpoint integrity and the checkpoint to resume from
-    throughput.py  step time, tokens/s, MFU; FLOPs per token
-    callbacks.py   printed progress, training_log.jsonl, generation samples, curves, SIGTERM
+    throughput.py  step time, tokens/s, MFU, tokens seen; FLOPs per token
+    signals.py     the exit statuses of a stop on a signal, DataLoader workers that leave it to the main process
     log_fields.py  the fields of the log rows: printed, plotted, named
     run_files.py   the name of every file a run writes; jsonl.py reads and writes its logs
     eval_tasks.py  lm-evaluation-harness scores during training

@@ -11,7 +11,7 @@ import math
 import os
 
 from pretraining.jsonl import read_jsonl
-from pretraining.log_fields import LOG_FIELDS, score_keys, source_loss_keys
+from pretraining.log_fields import LOG_FIELDS, TOKENS_SEEN, score_keys, source_loss_keys
 from pretraining.run_files import CURVES_PNG, TRAINING_LOG
 
 MARKERS_UP_TO = 20  # with this few points a bare line is hard to see (a single point not at all)
@@ -37,21 +37,15 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def tokens_per_step(train_rows: list[dict]) -> int | None:
-    """Tokens per optimizer step from the newest training row that counted them (eval rows do not)."""
-    for row in reversed(train_rows):
-        if row.get("tokens_seen") and row["step"]:
-            return row["tokens_seen"] // row["step"]
-    return None
-
-
-def plot_scores(ax, train_rows: list[dict], eval_rows: list[dict], keys: list[str]) -> None:
-    """Benchmark scores against tokens seen, as in pretraining reports (against the step if tokens are unknown)."""
-    per_step = tokens_per_step(train_rows)
+def plot_scores(ax, eval_rows: list[dict], keys: list[str]) -> None:
+    """Benchmark scores against the tokens seen at each evaluation, as in pretraining reports (against the step for a
+    log whose evaluation rows do not count tokens: written before they did)."""
+    by_tokens = all(row.get(TOKENS_SEEN) is not None for row in eval_rows)
     for key in keys:
-        steps, values = series(eval_rows, key)
-        plot_line(ax, [step * (per_step or 1) for step in steps], values, label=key)
-    ax.set_xlabel("tokens seen" if per_step else "step")
+        rows = [row for row in eval_rows if key in row]
+        plot_line(ax, [row[TOKENS_SEEN] if by_tokens else row["step"] for row in rows], series(rows, key)[1],
+                  label=key)
+    ax.set_xlabel("tokens seen" if by_tokens else "step")
     ax.set_ylabel("score")
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
@@ -115,7 +109,7 @@ def curves_figure(output_dir: str):
     step_axes[-1].set_xlabel("step")
     step_axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all panels: no step 2.5
     if scores:
-        plot_scores(axes[-1], train_rows, eval_rows, scores)
+        plot_scores(axes[-1], eval_rows, scores)
     return fig
 
 

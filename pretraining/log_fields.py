@@ -8,7 +8,7 @@ logged values and the training arguments (`PretrainingTrainer.log` calls it), or
 
 An evaluation is logged under the Trainer's `eval_` prefix (TensorBoard files it under `eval/`); its row in the JSONL
 log drops the prefix except from the losses: `eval_loss`, `perplexity`, a mixture's `eval_loss/<source>` and
-`perplexity/<source>`, the `--eval_tasks` scores `<task>/<metric>` and `tasks_runtime` (`eval_row`).
+`perplexity/<source>`, the `--eval_tasks` scores `<task>/<metric>`, `tasks_runtime` and `tokens_seen` (`eval_row`).
 """
 
 from collections.abc import Callable
@@ -34,6 +34,8 @@ LOG_FIELDS = [
     LogField("skipped_steps", "skipped {} non-finite"),
 ]
 
+# the tokens trained on so far, all ranks: in training rows and (for the scores' axis) in evaluation rows
+TOKENS_SEEN = "tokens_seen"
 # a mixture's tokens trained on per source: flat `tokens_by_source/<source>` fields in the logs (TensorBoard takes
 # scalars only), one mapping `tokens_by_source: {source: tokens}` in the JSONL row
 TOKENS_BY_SOURCE = "tokens_by_source"

@@ -5,7 +5,7 @@ import os
 
 import torch
 from transformers import AutoTokenizer
-from transformers.utils import is_flash_attn_2_available
+from transformers.utils import SAFE_WEIGHTS_NAME, is_flash_attn_2_available
 
 from configuration_smollm2 import SmolLM2Config
 from modeling_smollm2 import SmolLM2ForCausalLM
@@ -82,7 +82,13 @@ def build_config(model_args: ModelArguments, data_args: DataArguments, tokenizer
     return config
 
 
-def build_model(model_args: ModelArguments, config: SmolLM2Config) -> SmolLM2ForCausalLM:
+def build_model(model_args: ModelArguments, config: SmolLM2Config, checkpoint: str | None = None) -> SmolLM2ForCausalLM:
+    """The model a run trains: a resumed run's from its `checkpoint` (the Trainer loads those weights again with the
+    optimizer; a restart never downloads or converts the starting weights again), else the starting weights
+    (--model_name_or_path), else new ones. A checkpoint whose weights are sharded (FSDP's SHARDED_STATE_DICT) starts
+    from the starting weights, which the Trainer's load then replaces."""
+    if checkpoint and os.path.isfile(os.path.join(checkpoint, SAFE_WEIGHTS_NAME)):
+        return SmolLM2ForCausalLM.from_pretrained(checkpoint, config=config, dtype=torch.float32)
     if not model_args.model_name_or_path:
         return SmolLM2ForCausalLM(config)
     kwargs = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}

@@ -15,7 +15,7 @@ from pretraining.hub import is_path
 from pretraining.jsonl import read_jsonl
 from pretraining.log_fields import DATA_STAGE, STAGE_TOKENS_BY_SOURCE, TOKENS_BY_SOURCE, score_keys, source_loss_keys
 from pretraining.run_files import CURVES_PNG, MODEL_CARD, RUN_EXPORTS, SAMPLES_LOG, TRAINING_LOG, written_atomically
-from pretraining.run_folder import changes
+from pretraining.run_state import RunRecord, changes
 
 MAX_SAMPLES = 3
 TAGS = ["smollm2", "text-generation", "pretraining"]
@@ -171,9 +171,9 @@ def write_model_card(output_dir: str, *, model_config, num_parameters: int, data
     return path
 
 
-def write_report(model, model_args, data_args, training_args, record: dict | None = None) -> str:
+def write_report(model, model_args, data_args, training_args, record: RunRecord | None = None) -> str:
     """The final training curves and the model card (README.md) beside the saved model; returns the card's path.
-    `record`: the run's identity record (run_folder.py), whose segments list what changed on resume."""
+    `record`: the run's identity record (run_state.py), whose segments list what changed on resume."""
     output_dir = training_args.output_dir
     if os.path.isfile(os.path.join(output_dir, TRAINING_LOG)):
         plot_training_log(output_dir)
@@ -196,10 +196,10 @@ def write_report(model, model_args, data_args, training_args, record: dict | Non
     if training_args.lr_scheduler_kwargs:  # warmup_stable_decay's decay (num_decay_steps, decay_type ...)
         recipe.update({f"lr_scheduler {key}": value for key, value in training_args.lr_scheduler_kwargs.items()})
     recipe.update(block_size=data_args.block_size, world_size=training_args.world_size)
-    for segment in (record or {}).get("segments", [])[1:]:  # what --allow_changes took on a resume
-        earlier = record["segments"][record["segments"].index(segment) - 1]["identity"]
-        for part, items in changes(earlier, segment["identity"]).items():
-            recipe[f"changed from step {segment['from_step']}: {part}"] = "; ".join(items)
+    segments = record.segments if record else []
+    for earlier, segment in zip(segments, segments[1:]):  # what --allow_changes took on a resume
+        for part, items in changes(earlier.identity, segment.identity).items():
+            recipe[f"changed from step {segment.from_step}: {part}"] = "; ".join(items)
     return write_model_card(output_dir, model_config=model.config, num_parameters=model.num_parameters(),
                             data_description=f"{source}; documents tokenized with EOS between them and packed into "
                                              f"{data_args.block_size}-token sequences.",

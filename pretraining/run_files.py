@@ -6,12 +6,12 @@
         training_curves.png     CURVES_PNG       the curves of the log
         README.md               MODEL_CARD       the model card
         checkpoint-N/           (the Trainer's)  each with
-            data_state_rank{R}.pt   data_state_file(R)   rank R's position in the data stream
-            log_window_rank{R}.json log_window_file(R)   rank R's loss and timings since the last training row
+            run_state_rank{R}.pt    run_state_file(R)    rank R's run state: counters, logging window, data position
+            run_identity.json       RUN_IDENTITY         the run's identity as of this checkpoint
             checkpoint_manifest.json  MANIFEST   written last: the checkpoint is complete
         export-llama/, model-f16.gguf   RUN_EXPORTS   --export_formats
         trainer_state.json      TRAINER_STATE    written last by the final save: the run is finished
-        run_identity.json       RUN_IDENTITY     what defines the run (also in every checkpoint): run_folder.py
+        run_identity.json       RUN_IDENTITY     what defines the run, its first write: run_state.py
         .run.lock               LOCK             held for the run's life: run_folder.py
 
 The model's own files (config.json, model.safetensors, the tokenizer's, the remote code) are named by transformers.
@@ -32,14 +32,9 @@ LOCK = ".run.lock"
 RUN_EXPORTS = {"llama": "export-llama", "gguf": "model-f16.gguf"}
 
 
-def data_state_file(rank: int) -> str:
-    """Rank `rank`'s data position in a checkpoint (its DataLoader's state)."""
-    return f"data_state_rank{rank}.pt"
-
-
-def log_window_file(rank: int) -> str:
-    """Rank `rank`'s logging window in a checkpoint: what the next training row averages over."""
-    return f"log_window_rank{rank}.json"
+def run_state_file(rank: int) -> str:
+    """Rank `rank`'s run state in a checkpoint (run_state.py): its counters, logging window and data position."""
+    return f"run_state_rank{rank}.pt"
 
 
 @contextmanager

@@ -1,120 +1,29 @@
-"""An output folder belongs to one run: its identity (what defines the run), the lock held for the run's life, and
-what a resume may change.
+"""An output folder belongs to one run: the check of what it holds, and the lock held for the run's life.
 
-- A folder that holds files this app did not write, or another run's (another identity), is refused in one line
-  naming what is there, unless `--replace_output_dir` says to replace it. The starting weights are never an output.
+- A folder that holds files this app did not write (no run identity, `run_state.py`), or another run's, is refused in
+  one line naming what is there, unless `--replace_output_dir` says to replace it. The starting weights are never an
+  output.
 - The lock (`.run.lock`, an advisory POSIX record lock that the kernel releases on any exit, a crash included) names
   the host and process that hold it: a second run on the same folder is refused, naming them. A record lock, not
   `flock`: forked children (DataLoader workers) do not inherit it, so a run killed with -9 frees its folder at once
   rather than when its orphaned workers notice and exit.
-- The identity (`run_identity.json`, in the folder and in every checkpoint) records what defines the run: the
-  model's shape, the tokenizer, the data, the batch layout, the schedule. A resume with another value of any of
-  them is refused, listing old and new values; `--allow_changes data,schedule,batch` takes the changes it names
-  from the resumed step on (the model and tokenizer never change), and the identity records each segment.
+
+What a resume may change, and the identity that says what the run is, belong to the run state (`run_state.py`).
 """
 
 import fcntl
-import hashlib
-import json
 import os
 import shutil
 import socket
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from pretraining.checkpoints import find_resume_checkpoint
 from pretraining.errors import ArgumentError
-from pretraining.run_files import LOCK, RUN_IDENTITY, written_atomically
-
-# what a resume may change with --allow_changes, and what it means
-CHANGEABLE = {
-    "data": "the data stream starts afresh on the new data (its position in the old data is not used)",
-    "schedule": "the new optimizer settings and learning-rate schedule apply from the resumed step",
-    "batch": "the new batch layout applies from the resumed step",
-}
-# the identity's parts, and the flags (ModelArguments, DataArguments, PretrainingArguments) that make each
-DATA_FLAGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "text_column", "block_size",
-              "validation_documents", "dataset_mixture", "data_stages", "document_masking", "shuffle_buffer",
-              "shuffle_shards")
-SCHEDULE_FLAGS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "decay_steps",
-                  "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim")
-BATCH_FLAGS = ("per_device_train_batch_size", "gradient_accumulation_steps")
-# the config's own fields that are no part of the architecture
-NOT_ARCHITECTURE = ("use_cache",)
-
-
-def run_identity(config, tokenizer, model_args, data_args, training_args) -> dict:
-    """What defines a run, as JSON values: a resume must find the same (or be allowed the changes)."""
-    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
-    settings = lambda names, args: {name: jsonable(getattr(args, name)) for name in names}  # noqa: E731
-    architecture = config.to_dict()  # the fields SmolLM2Config declares: the model's shape (not id2label & co)
-    identity = {
-        "model": {key: architecture[key] for key in sorted(type(config).__annotations__) if key in architecture
-                  and key not in NOT_ARCHITECTURE},
-        "tokenizer": {"name": model_args.tokenizer_name, "tokens": len(tokenizer),
-                      "vocabulary sha256": hashlib.sha256(vocabulary).hexdigest()},
-        "data": {**settings(DATA_FLAGS, data_args), "seed": training_args.seed},
-        "schedule": settings(SCHEDULE_FLAGS, training_args),
-        "batch": {**settings(BATCH_FLAGS, training_args), "world_size": training_args.world_size},
-    }
-    return json.loads(json.dumps(identity))  # as the file holds it (tuples as lists, keys as strings)
-
-
-def jsonable(value):
-    value = getattr(value, "value", value)  # enums (lr_scheduler_type, optim)
-    return value if isinstance(value, (str, int, float, bool, list, dict, type(None))) else str(value)
-
-
-def changes(old: dict, new: dict) -> dict[str, list[str]]:
-    """Per part of the identity, the settings whose values differ: 'name: old -> new'."""
-    found = {}
-    for part in new:
-        before, after = old.get(part, {}), new[part]
-        differing = [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-                     if before.get(key) != after.get(key)]
-        if differing:
-            found[part] = differing
-    return found
-
-
-def read_identity(folder: str) -> dict | None:
-    try:
-        with open(os.path.join(folder, RUN_IDENTITY), encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise ArgumentError(f"cannot read {os.path.join(folder, RUN_IDENTITY)}: {err}") from None
-
-
-def write_identity(folder: str, record: dict) -> None:
-    """Atomically: a crash leaves the old record or the new one."""
-    with written_atomically(os.path.join(folder, RUN_IDENTITY)) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-
-
-def check_resume(record: dict, identity: dict, allowed: set[str], checkpoint: str, step: int) -> list[str]:
-    """The parts that changed since `checkpoint` and are allowed; refuses, in one line, what is not. `record` is
-    the run's identity file: its newest segment is what the checkpoint was trained with."""
-    found = changes(record["segments"][-1]["identity"], identity)
-    never = {part: found.pop(part) for part in ("model", "tokenizer") if part in found}
-    if never:
-        listed = "; ".join(item for part in never.values() for item in part)
-        raise ArgumentError(f"cannot resume from {checkpoint}: this command has another model or tokenizer ({listed}); "
-                            "a run's weights keep their shape and vocabulary: use another --output_dir (to start "
-                            f"from these weights, --model_name_or_path {checkpoint})")
-    if any(item.startswith("world_size:") for item in found.get("batch", ())):
-        raise ArgumentError(f"cannot resume from {checkpoint} with another number of processes "
-                            f"({'; '.join(found['batch'])}): each rank's data position is its own")
-    refused = {part: items for part, items in found.items() if part not in allowed}
-    if refused:
-        listed = "; ".join(f"{part}: {', '.join(items)}" for part, items in refused.items())
-        raise ArgumentError(f"cannot resume from {checkpoint} with other settings than its run's ({listed}): run the "
-                            f"same command, or pass --allow_changes {','.join(refused)} to take them from step "
-                            f"{step} on")
-    return sorted(found)
+from pretraining.run_files import LOCK, RUN_IDENTITY
 
 
 class OutputFolder:
@@ -185,6 +94,15 @@ class OutputFolder:
             os.rmdir(self.path)  # refused before it wrote anything: as if it had never started
 
 
+@dataclass
+class Claim:
+    """What the main process found when it claimed the folder: the checkpoint to resume from (None: step 0), or the
+    error that refuses the run."""
+
+    checkpoint: str | None = None
+    error: str | None = None
+
+
 @contextmanager
 def claimed_output_dir(training_args, starting_points: list[str]):
     """The output folder, owned and locked by this run (on the main process) for the `with` block, and the checkpoint
@@ -192,20 +110,23 @@ def claimed_output_dir(training_args, starting_points: list[str]):
     themselves could find the folder in different states (a save or a deletion in progress) and resume from
     different steps. An error is sent too, so that every rank stops with it instead of waiting for the main one."""
     folder = OutputFolder(training_args.output_dir)
-    choice = [None, None]  # (checkpoint, error)
+    claim = Claim()
     if training_args.process_index == 0:
         try:
             folder.lock()
             folder.check_owner(training_args.replace_output_dir, starting_points)
             if not training_args.replace_output_dir:
-                choice[0] = find_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
+                claim.checkpoint = find_resume_checkpoint(
+                    training_args.output_dir, training_args.resume_from_checkpoint)
         except ArgumentError as err:
-            choice = [None, str(err)]
+            claim = Claim(error=str(err))
     if training_args.world_size > 1:
-        torch.distributed.broadcast_object_list(choice, src=0)
+        sent = [claim]
+        torch.distributed.broadcast_object_list(sent, src=0)
+        claim = sent[0]
     try:
-        if choice[1]:
-            raise ArgumentError(choice[1])
-        yield folder, choice[0]
+        if claim.error:
+            raise ArgumentError(claim.error)
+        yield folder, claim.checkpoint
     finally:
         folder.release()

@@ -1,28 +1,46 @@
 """`PretrainingTrainer`: the HF Trainer plus what pretraining on a stream needs and it lacks.
 
 - O(1) data resume: the train DataLoader is torchdata's `StatefulDataLoader` (through accelerate's
-  `use_stateful_dataloader`), one per rank over that rank's part of the stream; its state, which holds the packer's
-  stream position and leftover tokens, is saved in every checkpoint (one file per rank) and loaded on resume,
-  instead of the Trainer's default of re-reading and discarding every batch already seen.
+  `use_stateful_dataloader`), one per rank over that rank's part of the stream; the data streams' states are part of
+  the run state (`run_state.py`) that every checkpoint saves, and a resume restores them instead of the Trainer's
+  default of re-reading and discarding every batch already seen.
 - Crash-safe checkpoints: a manifest is written last (see `checkpoints.py`), and old checkpoints are
-  rotated only after the new one is complete.
+  rotated only after the new one is complete; a failed save is one line, the unfinished checkpoint removed.
 - Non-finite steps: an update whose gradient norm is NaN/Inf is skipped (the weights stay as they were)
   and counted, with or without clipping; after `max_nonfinite_steps` in a row training stops with
   `NonFiniteLossError`.
-- Every logged value is computed here, so that callbacks only write, print and draw: throughput in every training
-  row (step time, data wait, tokens/s, MFU, tokens seen; host timings, no device sync added), the data pass, a
-  mixture's tokens per source, the fields `log_fields.LOG_FIELDS` derives; in every evaluation row the perplexity,
-  a mixture's per-source losses and the `--eval_tasks` scores.
+- Every logged value is computed here, so that callbacks only write, print and draw (and so that trackers such as
+  TensorBoard, which the Trainer calls before the app's callbacks, get them too): throughput in every training row
+  (step time, data wait, tokens/s, MFU, tokens seen: `throughput.StepMeter`; host timings, no device sync added), the
+  data pass, a mixture's tokens per source, the data stage, the fields `log_fields.LOG_FIELDS` derives; in every
+  evaluation row the perplexity, a mixture's per-source losses and the `--eval_tasks` scores.
 
-Private Trainer methods are overridden (`_save_checkpoint`, `_get_grad_norm`, `_load_optimizer_and_scheduler`,
-`_issue_warnings_after_load`, `_tr_loss`): requirements.txt bounds transformers below its next major version.
+What no public hook of the Trainer does (transformers 5.x), and so is overridden:
+- `_get_grad_norm` (private): the non-finite guard needs the gradient norm before the optimizer step; no callback
+  event receives it (`on_pre_optimizer_step` has no norm), and computing it again would add a second reduction and
+  a second device sync per step.
+- `_save_checkpoint` (private): a checkpoint's completeness needs the Trainer's save wrapped: the manifest removed
+  before and written after the run state, a failed save cleaned up into one line. `on_save` comes only after the
+  Trainer's own rotation, which would count an incomplete newer checkpoint and delete the last complete one.
+- `get_batch_samples`: where the Trainer fetches a step's batches: the step meter's data wait; and, at the first
+  step, the resume's own adjustments (`resume_where_the_checkpoint_stopped`), once the Trainer has set its running
+  loss up (`_tr_loss`, `_globalstep_last_logged`, no hook sets them) and loaded the optimizer and scheduler.
+- `log`: the fields above, computed before the Trainer hands the row to the trackers and callbacks.
+- `evaluate`, `evaluation_loop`: a mixture's per-source losses in one evaluation row with the loss over all sources.
+  A dict `eval_dataset` would run one evaluation per source, each logged as its own row, and no loss over all of
+  them (what the log, the curves, the model card and `metric_for_best_model` read); and the `--eval_tasks` scores.
+- `get_train_dataloader`: one stateful loader over this rank's own part of the stream (accelerate would split it
+  again); `get_eval_dataloader`: its workers ignore a stop signal, as the training loader's do.
+- `create_model_card`: a no-op: the app writes its own card, which the Trainer's push would overwrite.
+- `train`: the training loader's workers shut down when training ends, however it ends.
+requirements.txt bounds transformers below its next major version for the private ones.
 """
 
-import json
 import math
 import os
 import shutil
 import time
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -32,12 +50,12 @@ from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
 from pretraining.checkpoints import newest_valid_checkpoint, remove_manifest, rotate_checkpoints, write_manifest
-from pretraining.data import loader_source_token_counts, loader_stage_token_counts, stream_states
+from pretraining.data import data_pass, source_token_counts, stage_token_counts, stream_states
 from pretraining.errors import NonFiniteLossError, SaveError, free_space
 from pretraining.eval_tasks import TaskSuite
 from pretraining.log_fields import (DATA_STAGE, EVAL_LOSS, EVAL_PREFIX, LOG_FIELDS, PERPLEXITY, STAGE_TOKENS_BY_SOURCE,
-                                   TOKENS_BY_SOURCE)
-from pretraining.run_files import RUN_IDENTITY, data_state_file, log_window_file
+                                   TOKENS_BY_SOURCE, TOKENS_SEEN)
+from pretraining.run_state import RunState
 from pretraining.signals import ignore_stop_signals
 from pretraining.throughput import StepMeter
 
@@ -55,34 +73,32 @@ def perplexity(loss: float) -> float:
 
 
 class PretrainingTrainer(Trainer):
-    def __init__(self, *args, step_meter: StepMeter, max_nonfinite_steps: int, source_names: list[str] | None = None,
-                 stage_starts: list[int] | None = None, task_suite: TaskSuite | None = None,
-                 resume_changes: list[str] = (), **kwargs):
+    def __init__(self, *args, run_state: RunState, step_meter: StepMeter, max_nonfinite_steps: int,
+                 source_names: list[str], mixture: bool = False, stage_starts: list[int] | None = None,
+                 task_suite: TaskSuite | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.run_state = run_state  # what the run carries across restarts: saved in every checkpoint
         self.step_meter = step_meter  # times the steps that this class fetches batches for
+        self.add_callback(step_meter)  # its clock stops at the Trainer's on_optimizer_step event
         self.max_nonfinite_steps = max_nonfinite_steps
-        self.source_names = source_names or []  # a mixture's sources, in the packer's order
+        self.source_names = source_names  # the sources trained on, in the packer's order
+        self.mixture = mixture  # log the tokens per source (a mixture's)
         self.stage_starts = stage_starts or [0]  # the steps at which the data stages start (one stage: [0])
         self.task_suite = task_suite  # --eval_tasks, scored at every evaluation
-        self.resume_changes = set(resume_changes)  # what --allow_changes took on this resume (run_folder.py)
-        self.resume_from = None  # the checkpoint given to train(): it also holds each rank's data position
-        self.nonfinite_in_a_row = 0
-        self.skipped_since_log = 0
-        self.data_pass = 0  # the latest pass over the training data that a batch came from (1 for the first)
         self.eval_sources = None  # during a mixture's evaluation: source name -> its blocks
-        self._timed_optimizer = None
-        self.resumed_window = None  # a resumed checkpoint's logging window, restored at the first step
+        self.resumed = False  # resume_where_the_checkpoint_stopped has run in this train()
+        tied = list(getattr(self.model, "_tied_weights_keys", None) or ()) if self.model.config.tie_word_embeddings \
+            else []
+        if tied:
+            # A checkpoint stores tied weights once, under the embedding's name, and loading it ties lm_head again. The
+            # Trainer calls the missing lm_head.weight a missing key on every resume unless the model lists it among
+            # the keys it leaves out of a save, which a tied lm_head is (transformers' documented model attribute).
+            self.model._keys_to_ignore_on_save = tied
 
-    def train(self, resume_from_checkpoint=None, **kwargs):
-        self.resume_from = resume_from_checkpoint
-        self.resumed_window = None
-        if resume_from_checkpoint is not None:
-            path = os.path.join(resume_from_checkpoint, log_window_file(self.args.process_index))
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    self.resumed_window = json.load(f)
+    def train(self, *args, **kwargs):
+        self.resumed = False
         try:
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            return super().train(*args, **kwargs)
         finally:
             self.stop_data_workers()
 
@@ -96,33 +112,6 @@ class PretrainingTrainer(Trainer):
         if getattr(loader, "_iterator", None) is not None:
             loader._iterator = None
 
-    def log_window(self) -> dict:
-        """What the next training row averages over (the steps since the last row): saved in every checkpoint, so
-        that the first row after a resume is the uninterrupted run's."""
-        meter = self.step_meter
-        return {"loss_sum": float(self._tr_loss), "last_logged_step": self._globalstep_last_logged,
-                "skipped": self.skipped_since_log, "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                "meter": {"steps": meter.steps, "seconds": meter.seconds, "data_wait": meter.data_wait}}
-
-    def restore_log_window(self, window: dict) -> None:
-        self._tr_loss += window["loss_sum"]
-        self._globalstep_last_logged = window["last_logged_step"]
-        self.skipped_since_log, self.nonfinite_in_a_row = window["skipped"], window["nonfinite_in_a_row"]
-        meter = self.step_meter
-        meter.steps, meter.seconds, meter.data_wait = (window["meter"][key] for key in ("steps", "seconds",
-                                                                                       "data_wait"))
-
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
-        # a step ends when its optimizer step has run: before the step-end callbacks, whatever their order
-        inner = optimizer
-        while hasattr(inner, "optimizer"):  # accelerate's AcceleratedOptimizer wraps the torch optimizer
-            inner = inner.optimizer
-        if inner is not self._timed_optimizer:
-            inner.register_step_post_hook(lambda *_: self.step_meter.step_done())
-            self._timed_optimizer = inner
-        return optimizer
-
     def get_train_dataloader(self):
         # Built here rather than by the Trainer because every rank already reads only its own part of the
         # stream (data/splits.py): accelerate would wrap the IterableDataset once more so that each rank reads
@@ -130,16 +119,16 @@ class PretrainingTrainer(Trainer):
         # Preparing it as a one-process loader keeps device placement.
         args = self.args
         workers = args.dataloader_num_workers
-        if self.resume_from is not None and "data" not in self.resume_changes:  # new data starts afresh
+        if self.run_state.data is not None:
             # the streams' states, not torchdata's whole state: that one only loads with the worker count it was
             # saved with, while the streams go on under any (data/packing.py). Restored before the loader exists:
             # accelerate asks it for a state_dict at once, and torchdata then forks its workers with the dataset as it
             # is at that moment.
-            path = os.path.join(self.resume_from, data_state_file(args.process_index))
-            self.train_dataset.resume_streams(stream_states(torch.load(path, weights_only=True)))
+            self.train_dataset.resume_streams(self.run_state.data)
         loader = torch.utils.data.DataLoader(
             self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator, num_workers=workers,
-            pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
             worker_init_fn=ignore_stop_signals,  # the main process decides when to stop
         )
@@ -158,46 +147,42 @@ class PretrainingTrainer(Trainer):
     def create_model_card(self, *args, **kwargs):
         """The app writes its own model card (model_card.py); the Trainer's would overwrite it on push."""
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if "schedule" in self.resume_changes and checkpoint is not None:
-            # --allow_changes schedule: the checkpoint's optimizer keeps its moments, with this command's settings
-            decay = set(self.get_decay_parameter_names(self.model))
-            names = {id(p): n for n, p in self.model.named_parameters()}
-            for group in self.optimizer.param_groups:
-                in_decay = any(names.get(id(p)) in decay for p in group["params"])
-                group.update(weight_decay=self.args.weight_decay if in_decay else 0.0,
-                             betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
-            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
-                self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(self.lr_scheduler.base_lrs)
-        # The saved learning rate is the saved schedule's value for the next step. When max_steps grew
-        # (the recipe's +50 extension) that is the old schedule's final 0: take the new schedule's value,
-        # so step N+1 trains too. With an unchanged max_steps both are the same number.
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if not self.resumed:  # the first step of train(): the Trainer has set its state up and loaded the checkpoint's
+            self.resume_where_the_checkpoint_stopped()
+            self.resumed = True
+        start = time.perf_counter()
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.step_meter.fetched(start, time.perf_counter())
+        return batches
+
+    def resume_where_the_checkpoint_stopped(self) -> None:
+        """At the first step, once the Trainer has set its logging state up (from scratch) and loaded the checkpoint's
+        optimizer and scheduler: the logging window goes on from the checkpoint's, and the optimizer and scheduler take
+        this command's settings, the same as the checkpoint's unless `--allow_changes schedule` or a larger
+        `--max_steps` changed them."""
+        window = self.run_state.window
+        self._tr_loss += window.loss_sum
+        self._globalstep_last_logged = window.last_logged_step
+        if self.state.global_step == 0:
+            return
+        decay = set(self.get_decay_parameter_names(self.model))
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for group in self.optimizer.param_groups:
+            in_decay = any(names.get(id(p)) in decay for p in group["params"])
+            group.update(weight_decay=self.args.weight_decay if in_decay else 0.0)
+            group.update({key: value for key, value in (("betas", (self.args.adam_beta1, self.args.adam_beta2)),
+                                                        ("eps", self.args.adam_epsilon)) if key in group})
+        # The saved learning rate is the saved schedule's value for the next step. When max_steps grew (the recipe's
+        # +50 extension) that is the old schedule's final 0: the new schedule's value, so that step N+1 trains too.
+        # With the same schedule both are the same number.
         scheduler = self.lr_scheduler
         if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler.base_lrs = [self.args.learning_rate] * len(scheduler.base_lrs)
             lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
             for group, lr in zip(self.optimizer.param_groups, lrs):
                 group["lr"] = lr
             scheduler._last_lr = lrs
-
-    def _issue_warnings_after_load(self, load_result):
-        # A checkpoint stores tied weights once, under the embedding's name, and loading it ties lm_head again. The
-        # Trainer only knows `_keys_to_ignore_on_save`, so it would call the tied lm_head.weight missing on every
-        # resume; other missing or unexpected keys are still reported.
-        tied = set(getattr(self.model, "_tied_weights_keys", None) or ())
-        missing = [key for key in load_result.missing_keys if key not in tied]
-        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        if self.resumed_window is not None:  # the first step after a resume: the Trainer has just set its window up
-            self.restore_log_window(self.resumed_window)
-            self.resumed_window = None
-        start = time.perf_counter()
-        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self.step_meter.fetched(start, time.perf_counter())
-        for batch in batches:  # a host-side int (data.collate_blocks): no sync, and not a model input
-            self.data_pass = max(self.data_pass, batch.pop("data_pass", 0))
-        return batches, num_items_in_batch
 
     def _get_grad_norm(self, model, grad_norm=None):
         # The Trainer calls this before every optimizer step, with the norm that clipping took or, when
@@ -205,19 +190,20 @@ class PretrainingTrainer(Trainer):
         # The run's one device sync per optimizer step, the price of never applying a non-finite update. Returned as
         # the float it now is (as the Trainer's own docstring has it), so that logging reads no tensor again.
         grad_norm = float(super()._get_grad_norm(model, grad_norm))
+        window = self.run_state.window
         if math.isfinite(grad_norm):
-            self.nonfinite_in_a_row = 0
+            window.nonfinite_in_a_row = 0
             return grad_norm
-        self.nonfinite_in_a_row += 1
-        self.skipped_since_log += 1
+        window.nonfinite_in_a_row += 1
+        window.skipped += 1
         step = self.state.global_step + 1
         # the norm is all-reduced, so every rank skips the same steps; one of them says so
         if self.args.should_log:
             print(f"warning: step {step}: non-finite loss or gradient norm ({grad_norm}); update skipped "
-                  f"({self.nonfinite_in_a_row} in a row)", flush=True)
-        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+                  f"({window.nonfinite_in_a_row} in a row)", flush=True)
+        if window.nonfinite_in_a_row >= self.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"{self.nonfinite_in_a_row} non-finite steps in a row (up to step {step}); stopping. The last "
+                f"{window.nonfinite_in_a_row} non-finite steps in a row (up to step {step}); stopping. The last "
                 "valid checkpoint is intact: lower --learning_rate or check the data, then resume"
             )
         # AdamW leaves parameters without a gradient untouched: this step changes no weight or moment
@@ -230,13 +216,17 @@ class PretrainingTrainer(Trainer):
                 # The Trainer empties its running loss with `tr_loss -= tr_loss`, which leaves a NaN in place: every
                 # later row would be NaN too. (Its logging_nan_inf_filter would hide the NaN instead; it is off.)
                 self._tr_loss.zero_()
-            logs.update(self.step_meter.pop_fields(self.state.global_step), data_pass=self.data_pass)
+            # the loader's state as of its last batch (accelerate keeps it at every batch): read, not computed
+            streams = stream_states(self.callback_handler.train_dataloader.state_dict())
+            logs.update(self.step_meter.pop_fields(), data_pass=data_pass(streams))
             if self.args.device.type == "cuda":  # allocator statistics: host-side, no sync
                 logs["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.args.device) / 2**30
-            if self.skipped_since_log:
-                logs["skipped_steps"] = self.skipped_since_log
-                self.skipped_since_log = 0
-            logs.update(self.source_token_fields())
+            window = self.run_state.window
+            if window.skipped:
+                logs["skipped_steps"] = window.skipped
+                window.skipped = 0
+            if self.mixture:
+                logs.update(self.source_token_fields(streams))
             if len(self.stage_starts) > 1:
                 logs[DATA_STAGE] = self.data_stage()
             logs.update({field.key: field.derive(logs, self.args) for field in LOG_FIELDS if field.derive})
@@ -244,31 +234,28 @@ class PretrainingTrainer(Trainer):
             # eval_loss -> eval_perplexity, a mixture's eval_loss/<source> -> eval_perplexity/<source>
             logs.update({EVAL_PREFIX + PERPLEXITY + key[len(EVAL_LOSS):]: perplexity(logs[key])
                          for key in [key for key in logs if key.split("/")[0] == EVAL_LOSS]})
+            logs[EVAL_PREFIX + TOKENS_SEEN] = self.run_state.counters.tokens_seen  # scores against tokens (curves)
         super().log(logs, start_time)
 
     def data_stage(self) -> int:
         """The data stage of the step just taken, 1 for the first."""
         return sum(start < self.state.global_step for start in self.stage_starts)
 
-    def source_token_fields(self) -> dict[str, int]:
+    def source_token_fields(self, streams: dict[int, dict]) -> dict[str, int]:
         """A mixture's tokens trained on per source since step 0, all ranks together, as `tokens_by_source/<source>`
-        fields, and with data stages those of the current stage (`stage_tokens_by_source/<source>`). Read from the
-        data loader's state (the packers count them), which every checkpoint saves: exact across resumes. Empty
-        without a mixture."""
-        if not self.source_names:
-            return {}
-        state = self.callback_handler.train_dataloader.state_dict()
-        sources, stages = len(self.source_names), len(self.stage_starts)
-        counts = torch.tensor([loader_source_token_counts(state, sources),
-                               *loader_stage_token_counts(state, stages, sources)], dtype=torch.int64,
-                              device=self.args.device)
+        fields (sources of earlier data too: `--allow_changes data`), and with data stages those of the current stage
+        (`stage_tokens_by_source/<source>`). From the data streams' states (the packers count them) and the run
+        state: exact across resumes."""
+        names, stages = self.source_names, len(self.stage_starts)
+        totals = self.run_state.source_tokens(source_token_counts(streams, len(names)), names)
+        in_stage = stage_token_counts(streams, stages, len(names))[self.data_stage() - 1] if stages > 1 else []
+        counts = torch.tensor([*totals.values(), *in_stage], dtype=torch.int64, device=self.args.device)
         if self.args.world_size > 1:
             torch.distributed.all_reduce(counts)  # a few integers, at log steps only
         counts = counts.tolist()
-        fields = {f"{TOKENS_BY_SOURCE}/{name}": count for name, count in zip(self.source_names, counts[0])}
-        if stages > 1:  # counts[0] is the whole run's, counts[stage] that stage's
-            fields.update({f"{STAGE_TOKENS_BY_SOURCE}/{name}": count
-                           for name, count in zip(self.source_names, counts[self.data_stage()])})
+        fields = {f"{TOKENS_BY_SOURCE}/{name}": count for name, count in zip(totals, counts)}
+        fields.update({f"{STAGE_TOKENS_BY_SOURCE}/{name}": count
+                       for name, count in zip(names, counts[len(totals):])})
         return fields
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -333,15 +320,14 @@ class PretrainingTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
-        dataloader = self.callback_handler.train_dataloader
         os.makedirs(checkpoint, exist_ok=True)
-        torch.save(dataloader.state_dict(), os.path.join(checkpoint, data_state_file(self.args.process_index)))
-        with open(os.path.join(checkpoint, log_window_file(self.args.process_index)), "w", encoding="utf-8") as f:
-            json.dump(self.log_window(), f)
+        streams = stream_states(self.callback_handler.train_dataloader.state_dict())
+        # the Trainer's running loss since the last row, and that row's step: the window the next row averages over
+        window = replace(self.run_state.window, loss_sum=float(self._tr_loss),
+                         last_logged_step=self._globalstep_last_logged)
+        self.run_state.save(checkpoint, self.args.process_index, self.args.should_save, streams, window,
+                            source_token_counts(streams, len(self.source_names)), self.source_names)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            # the run's identity as of this checkpoint: what a resume from it is compared against
-            shutil.copyfile(os.path.join(self._get_output_dir(trial), RUN_IDENTITY),
-                            os.path.join(checkpoint, RUN_IDENTITY))
             write_manifest(checkpoint)
             rotate_checkpoints(self._get_output_dir(trial), limit, keep=self.state.best_model_checkpoint)

@@ -7,8 +7,11 @@ in fresh processes, under torchrun, with signals, the real weights, a compiler),
 """
 
 import importlib.util
+import json
 import os
+import shutil
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +22,7 @@ from helpers import GGUF_NAME, ROOT, TOKENIZER_DIR, run_app, tiny_args  # noqa: 
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as app_env: runs in this process fork DataLoader workers
 
 
 def pytest_configure(config):
@@ -60,14 +64,40 @@ def gguf_folder():
     return spec.submodule_search_locations[0]
 
 
+def built_once(tmp_path_factory, name: str, build) -> str:
+    """The folder `name` that `build(folder)` fills, built once for the whole session, even with the suite spread over
+    processes (pytest-xdist): the first process to ask builds it under a file lock, the others wait for it and read
+    it. Session fixtures are otherwise built again in every process that uses them."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, above each worker's
+    folder = shared / name
+    with FileLock(str(folder) + ".lock"):
+        if not (shared / f"{name}.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(str(folder))
+            (shared / f"{name}.done").touch()
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(corpus, tmp_path_factory):
-    """One real 30-step run of the app (tiny model, TensorBoard on), shared by the tests that only read it:
-    (output_dir, the finished process). A test that writes into a run copies it first."""
-    output_dir = str(tmp_path_factory.mktemp("tiny_run"))
-    result = run_app(tiny_args(output_dir, *corpus, report_to="tensorboard"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return output_dir, result
+    """One real 30-step run of the app in a fresh process (tiny model, TensorBoard on; a checkpoint, an evaluation and
+    samples every 10 steps), shared by the tests that only read it, in every process of the session: (output_dir, the
+    finished process's returncode, stdout and stderr). A test that writes into the run copies it first."""
+
+    def build(folder):
+        result = run_app(tiny_args(os.path.join(folder, "run"), *corpus, report_to="tensorboard", save_steps=10,
+                                   eval_steps=10, generation_steps=10))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        with open(os.path.join(folder, "process.json"), "w", encoding="utf-8") as f:
+            json.dump({"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}, f)
+
+    folder = built_once(tmp_path_factory, "tiny_run", build)
+    with open(os.path.join(folder, "process.json"), encoding="utf-8") as f:
+        return os.path.join(folder, "run"), SimpleNamespace(**json.load(f))
 
 
 @pytest.fixture

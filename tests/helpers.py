@@ -1,7 +1,9 @@
 """Helpers shared by the test files (imported as `helpers`; conftest.py puts this folder on sys.path)."""
 
+import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -9,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -42,14 +45,14 @@ def data_args(**kwargs):
 
 def packed(files, tokenizer, block_size=64, passes=1, shuffle=None, streams=1, blocks_per_batch=1):
     """The packer over local `files` (no hold-out, no rank split; in file order unless `shuffle`)."""
-    from pretraining.data.pipeline import single_source_packer
+    from pretraining.data.pipeline import TokenizedSource, pack_sources
     from pretraining.data.reading import NO_SHUFFLE
     from pretraining.data.sources import load_text_stream
     from pretraining.data.tokenize import tokenize_stream
 
-    return single_source_packer(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"), block_size,
-                                shuffle or NO_SHUFFLE, tokenizer, passes=passes, streams=streams,
-                                blocks_per_batch=blocks_per_batch)
+    source = TokenizedSource(tokenize_stream(load_text_stream(files, "text"), tokenizer, "text"))
+    return pack_sources([source], block_size, shuffle or NO_SHUFFLE, tokenizer, streams, blocks_per_batch,
+                        passes=passes)
 
 
 def documents_read(packer) -> list[list[list[int]]]:
@@ -93,6 +96,17 @@ def cut_and_resume(loader, cut: int, read_ahead: bool = True):
     return head, second, state
 
 
+def batches_and_passes(loader, count: int):
+    """The first `count` batches' input_ids of a fresh iteration of `loader` (a StatefulDataLoader over a
+    PackedDataset), each with the pass over the data (1 for the first) of the stream that gave it, read from the
+    loader's state as of that batch (the streams give batches in turn)."""
+    from pretraining.data import stream_states
+
+    for index, batch in enumerate(itertools.islice(loader, count)):
+        streams = stream_states(loader.state_dict())
+        yield batch["input_ids"], streams[index % len(streams)]["pass"] + 1
+
+
 def doc_tokens(tokenizer, texts):
     return [t for text in texts for t in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]]
 
@@ -121,12 +135,13 @@ def flags(values: dict) -> list[str]:
 
 
 def tiny_sizes(output_dir, **overrides) -> dict:
-    """A test's sizes: the tiny model, blocks of 64, 30 steps, a checkpoint, evaluation and samples every 10,
-    20 documents held out."""
+    """A test's sizes: the tiny model, blocks of 64, 30 steps, a row every step, 20 documents held out; a checkpoint
+    and an evaluation at the end only (what the Trainer does at the last step), no samples: a test that checks
+    intermediate ones asks for them."""
     values = {
         "config_overrides": TINY, "block_size": 64, "per_device_train_batch_size": 4, "max_steps": 30,
-        "save_steps": 10, "eval_steps": 10, "generation_steps": 10, "generation_max_new_tokens": 8, "logging_steps": 1,
-        "max_eval_samples": 4, "validation_documents": 20, "output_dir": output_dir,
+        "save_steps": 1000, "eval_steps": 1000, "generation_steps": 0, "generation_max_new_tokens": 8,
+        "logging_steps": 1, "max_eval_samples": 4, "validation_documents": 20, "output_dir": output_dir,
     }
     values.update(overrides)
     return values
@@ -150,23 +165,25 @@ def hub_recipe_args(output_dir, **overrides) -> list[str]:
 
 
 def in_process_trainer(output_dir, corpus, callbacks, **overrides):
-    """The app's trainer for a tiny run (`tiny_args`), built in this process as run_pretrain builds it, with
+    """The app's trainer for a new tiny run (`tiny_args`), built in this process as run_pretrain builds it, with
     `callbacks` added."""
     import run_pretrain
     from pretraining.arguments import parse_args
     from pretraining.data import build_datasets
     from pretraining.devices import DeviceReport
     from pretraining.model import build_config, build_model, load_tokenizer
-    from pretraining.run_folder import run_identity
+    from pretraining.run_state import run_identity
 
     model_args, data_args, args = parse_args(tiny_args(output_dir, *corpus, **overrides), DeviceReport("cpu"))
     tokenizer = load_tokenizer(model_args)
     config = build_config(model_args, data_args, tokenizer)
     model = build_model(model_args, config)
-    os.makedirs(output_dir, exist_ok=True)  # a new run's folder, with its identity (checkpoints copy it)
-    run_pretrain.record_identity(None, None, 0, run_identity(config, tokenizer, model_args, data_args, args), args,
-                                 streams=1)
-    trainer = run_pretrain.build_trainer(data_args, args, tokenizer, model, build_datasets(data_args, tokenizer))
+    run_state, _ = run_pretrain.state_to_go_on_from(None, 0, args, run_identity(config, tokenizer, model_args,
+                                                                                 data_args, args))
+    os.makedirs(output_dir, exist_ok=True)
+    run_state.write_record(output_dir)  # a new run's folder holds its identity
+    trainer = run_pretrain.build_trainer(data_args, args, tokenizer, model, build_datasets(data_args, tokenizer),
+                                         run_state)
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
@@ -188,6 +205,23 @@ def with_flag(argv: list[str], flag: str, value) -> list[str]:
     return argv
 
 
+def killed_after(baseline: str, output_dir: str, step: int) -> None:
+    """The finished run `baseline` copied to `output_dir` as a kill -9 after its checkpoint-`step` would have left it:
+    the later checkpoints and the final model gone (its log rows after that step stay, as a kill leaves them: the
+    restart drops them)."""
+    shutil.copytree(baseline, output_dir)
+    for name in os.listdir(output_dir):
+        if name.startswith("checkpoint-") and int(name.split("-")[1]) > step:
+            shutil.rmtree(os.path.join(output_dir, name))
+    for name in ("model.safetensors", "trainer_state.json"):
+        os.remove(os.path.join(output_dir, name))
+
+
+def moved(argv: list[str], old: str, new: str) -> list[str]:
+    """`argv` with the value `old` (an output_dir) replaced by `new`."""
+    return [new if value == old else value for value in argv]
+
+
 def app_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.pop("SMOLLM2_TRACEBACK", None)
@@ -199,6 +233,18 @@ def hub_env(hub, hf_home) -> dict:
     env = dict(app_env(), HF_ENDPOINT=hub.url, HF_HOME=str(hf_home))
     del env["HF_HUB_OFFLINE"], env["HF_DATASETS_OFFLINE"]
     return env
+
+
+def run_here(argv, main=None) -> SimpleNamespace:
+    """`run_pretrain.main(argv)` (or another command's `main`) in this process: what `run_app` gives (returncode,
+    stdout, stderr) without a fresh interpreter's start-up and imports, for the tests where no process boundary is part
+    of what they check."""
+    import run_pretrain
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        returncode = (main or run_pretrain.main)(list(argv))
+    return SimpleNamespace(returncode=returncode, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def run_app(argv, timeout=600, env=None) -> subprocess.CompletedProcess:
@@ -221,12 +267,17 @@ def run_torchrun(argv, timeout=600, env=None):
                           timeout=timeout)
 
 
+def read_jsonl_file(path) -> list[dict]:
+    """A JSON Lines file's rows, parsed strictly: a torn or garbled line fails the test."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 def read_log(output_dir, kind=None) -> list[dict]:
     """The rows of a run's training log, parsed strictly: a torn or garbled line fails the test."""
     from pretraining.run_files import TRAINING_LOG
 
-    with open(os.path.join(output_dir, TRAINING_LOG), encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
+    rows = read_jsonl_file(os.path.join(output_dir, TRAINING_LOG))
     return [row for row in rows if kind is None or row["type"] == kind]
 
 

@@ -5,8 +5,7 @@ from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_p
 
 
 def collate_blocks(samples: list[dict], flatten: bool = False) -> dict:
-    """Stacks samples into a batch; `data_pass` stays a Python int (the batch's latest pass), so that reading it
-    on the host needs no device sync once the batch has moved to the GPU.
+    """Stacks samples into a batch of tensors.
 
     `flatten` (document masking under flash attention): the blocks as one row, (1, batch * block_size), as
     transformers' DataCollatorWithFlattening lays them out: flash attention takes the documents from position_ids
@@ -15,13 +14,10 @@ def collate_blocks(samples: list[dict], flatten: bool = False) -> dict:
     kwargs (`cu_seq_lens_q/k`, int32, and `max_length_q/k`, Python ints, DataCollatorWithFlattening's
     `return_flash_attn_kwargs`), computed here on the host: left to the model, every layer would derive them from
     position_ids again, reading them back from the GPU."""
-    passes = [sample.pop("data_pass") for sample in samples if "data_pass" in sample]
     batch = default_data_collator(samples)
     if flatten:
         batch = {key: value.reshape(1, -1) for key, value in batch.items()}  # (batch, block) -> (1, batch * block)
         (cu_seq_lens, _), (max_length, _) = prepare_fa_kwargs_from_position_ids(batch["position_ids"])
         batch.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens,
                      max_length_q=int(max_length), max_length_k=int(max_length))
-    if passes:
-        batch["data_pass"] = max(passes)
     return batch

@@ -21,18 +21,15 @@ IGNORE_INDEX = -100  # a label that takes no part in the loss
 
 @dataclass(frozen=True)
 class StageSchedule:
-    """Which data stage each step trains on (`--data_stages`): stage i covers the optimizer steps after `starts[i]`
-    steps, up to the next stage's start; the last stage goes on to the end (and through an extension). A block's
-    step follows from its position in the stream: the DataLoader gives each step `batches_per_step` batches of
-    `blocks_per_batch` blocks, taking batches from its active workers in turn."""
+    """Which data stage each of a rank's loader batches belongs to (`--data_stages`): stage i from loader batch
+    `batch_starts[i]` on, up to the next stage's start; the last stage goes on to the end. The trainer's side turns the
+    stages' start steps into loader batches (run_state.RunState.batch_of_step), so that this side knows nothing of
+    steps or gradient accumulation."""
 
-    starts: tuple[int, ...]  # increasing, the first 0
-    blocks_per_batch: int  # per_device_train_batch_size
-    batches_per_step: int  # gradient_accumulation_steps
+    batch_starts: tuple[int, ...]  # increasing
 
-    def stage_of_step(self, trained_steps: int) -> int:
-        """The stage of the step that follows `trained_steps` steps."""
-        return sum(start <= trained_steps for start in self.starts) - 1
+    def stage_of_batch(self, batch: int) -> int:
+        return max(0, sum(start <= batch for start in self.batch_starts) - 1)
 
 
 def document_positions(tokens: np.ndarray, eos: int) -> np.ndarray:
@@ -42,6 +39,14 @@ def document_positions(tokens: np.ndarray, eos: int) -> np.ndarray:
     starts = np.zeros(len(tokens), dtype=np.int64)
     starts[1:] = np.where(tokens[:-1] == eos, index[1:], 0)
     return index - np.maximum.accumulate(starts)
+
+
+@dataclass
+class PassCounts:
+    """What a pass over the data held: documents read, blocks cut."""
+
+    documents: int = 0
+    blocks: int = 0
 
 
 @dataclass
@@ -65,18 +70,19 @@ class BlockStream:
     it in a collective.
 
     A rank's data is `count` such streams (`index` is this one's), each with its own shards of every source; the
-    DataLoader takes batches from them in turn, so this stream's j-th batch is the rank's (j * count + index)-th,
-    which tells its step, hence its data stage. Samples are `input_ids`, `labels` (the same tensor: the model shifts
-    them) and `data_pass`, 1 for the first pass. The state counts, per source, the tokens of every sample yielded so
-    far (`tokens_by_source`; a block can span sources), and with data stages per stage too: saved with the data
-    position, exact across resumes. `document_masking`: samples also get `position_ids` restarting after each
-    `eos_token_id`, and the first token of each document is not a prediction target (its context would be the
-    previous document, which it cannot see).
+    DataLoader takes batches of `blocks_per_batch` blocks from them in turn, so this stream's j-th batch is the rank's
+    loader batch j * count + index, whatever the batch size was when each was taken: that tells a block's data stage.
+    Samples are `input_ids` and `labels` (the same tensor: the model shifts them), tensors only. The state holds the
+    pass (0 for the first) and counts, per source, the tokens of every sample yielded so far (`tokens_by_source`; a
+    block can span sources), and with data stages per stage too: saved with the data position, exact across
+    resumes. `document_masking`: samples also get `position_ids` restarting after each `eos_token_id`, and the first
+    token of each document is not a prediction target (its context would be the previous document, which it cannot
+    see).
     """
 
     def __init__(self, mixer: TokenShareMixer, block_size: int, passes: int | None = None,
                  stages: StageSchedule | None = None, document_masking: bool = False, eos_token_id: int | None = None,
-                 index: int = 0, count: int = 1):
+                 index: int = 0, count: int = 1, blocks_per_batch: int = 1):
         if document_masking and eos_token_id is None:
             raise ValueError("document_masking needs the eos_token_id that separates the documents")
         self.mixer = mixer
@@ -86,24 +92,29 @@ class BlockStream:
         self.document_masking = document_masking
         self.eos_token_id = eos_token_id
         self.index, self.count = index, count
+        self.blocks_per_batch = blocks_per_batch
         self.loaded_state = None  # where the next iteration starts; None: at the beginning
         self._reset_counts()
         self.started = False  # a pass has begun (a state from before it means the beginning)
         self.pass_index = 0
         self.position = PackerPosition(NO_TOKENS, NO_TOKENS, 0)
-        self.blocks = 0
+        self.batches, self.blocks_in_batch = 0, 0  # whole batches yielded since the data began, and blocks of the next
 
     def _reset_counts(self) -> None:
-        sources, stages = len(self.mixer.readers), len(self.stages.starts) if self.stages else 1
+        sources, stages = len(self.mixer.readers), len(self.stages.batch_starts) if self.stages else 1
         self.source_token_counts = [0] * sources
         self.stage_token_counts = [[0] * sources for _ in range(stages)]
 
-    def stage_of_block(self, block: int) -> int:
-        """The stage of this stream's `block`-th block since step 0."""
+    def stage_of_next_block(self) -> int:
+        """The data stage of the next block this stream yields: that of the loader batch it goes into."""
         if self.stages is None:
             return 0
-        batch = (block // self.stages.blocks_per_batch) * self.count + self.index
-        return self.stages.stage_of_step(batch // self.stages.batches_per_step)
+        return self.stages.stage_of_batch(self.batches * self.count + self.index)
+
+    def _count_block(self) -> None:
+        self.blocks_in_batch += 1
+        if self.blocks_in_batch == self.blocks_per_batch:
+            self.batches, self.blocks_in_batch = self.batches + 1, 0
 
     def __iter__(self):
         self.mixer.bind(self.index, self.count)
@@ -111,7 +122,8 @@ class BlockStream:
         resuming = state is not None and state["started"]
         if resuming:
             self.mixer.load_state_dict(state["mixer"])
-            self.pass_index, self.blocks = state["pass"], state["blocks"]
+            self.pass_index, self.batches = state["pass"], state["batches"]
+            self.blocks_in_batch = state["blocks_in_batch"]
             leftover = np.asarray(state["leftover"], dtype=np.int64)
             leftover_sources = np.asarray(state["leftover_sources"], dtype=np.int64)
             self.source_token_counts = [int(count) for count in state["tokens_by_source"]]
@@ -119,24 +131,25 @@ class BlockStream:
         else:
             self.mixer.reset()
             self._reset_counts()
-            self.pass_index, self.blocks, leftover, leftover_sources = 0, 0, NO_TOKENS, NO_TOKENS
+            self.pass_index, self.batches, self.blocks_in_batch = 0, 0, 0
+            leftover, leftover_sources = NO_TOKENS, NO_TOKENS
         self.position = PackerPosition(leftover, leftover_sources, 0)
         self.started = True
         while self.passes is None or self.pass_index < self.passes:
             if not resuming:
                 self.mixer.start_pass()
-            counts = {"documents": 0, "blocks": 0}
-            yield from self._pack_pass(leftover, leftover_sources, counts)
-            if not resuming and counts["blocks"] == 0 and self.passes is None:  # else it would never end
-                if counts["documents"] == 0:
+            read = PassCounts()
+            yield from self._pack_pass(leftover, leftover_sources, read)
+            if not resuming and read.blocks == 0 and self.passes is None:  # else it would never end
+                if read.documents == 0:
                     return  # nothing to read in this stream's part
-                raise DataError(f"a whole pass over the training data ({counts['documents']} documents) holds fewer "
+                raise DataError(f"a whole pass over the training data ({read.documents} documents) holds fewer "
                                 f"than block_size={self.block_size} tokens: use more data or a smaller --block_size")
             self.pass_index += 1
             leftover, leftover_sources, resuming = NO_TOKENS, NO_TOKENS, False
             self.position = PackerPosition(NO_TOKENS, NO_TOKENS, 0)
 
-    def _pack_pass(self, leftover: np.ndarray, leftover_sources: np.ndarray, counts: dict):
+    def _pack_pass(self, leftover: np.ndarray, leftover_sources: np.ndarray, read: "PassCounts"):
         """The samples of the rest of the current pass: `leftover` (tokens read before the mixer's position, when
         resuming), then the documents still to come. Counts documents and blocks."""
         block_size = self.block_size
@@ -151,10 +164,10 @@ class BlockStream:
                 start = 0
                 while length - start >= block_size:
                     input_ids = blocks[start : start + block_size]
-                    sample = {"input_ids": input_ids, "labels": input_ids, "data_pass": self.pass_index + 1}
+                    sample = {"input_ids": input_ids, "labels": input_ids}
                     by_source = np.bincount(token_sources[start : start + block_size],
                                             minlength=len(self.source_token_counts))
-                    stage_counts = self.stage_token_counts[self.stage_of_block(self.blocks)]
+                    stage_counts = self.stage_token_counts[self.stage_of_next_block()]
                     for source, count in enumerate(by_source.tolist()):
                         self.source_token_counts[source] += count
                         stage_counts[source] += count
@@ -164,17 +177,17 @@ class BlockStream:
                         sample["position_ids"] = positions
                         sample["labels"] = input_ids.masked_fill(positions == 0, IGNORE_INDEX)
                     start += block_size
-                    counts["blocks"] += 1
-                    self.blocks += 1
+                    read.blocks += 1
+                    self._count_block()
                     self.position = PackerPosition(tokens, token_sources, start)
                     yield sample
                 pieces, origins, length = [tokens[start:]], [token_sources[start:]], length - start
             # the block being filled decides the stage of the documents drawn for it
-            drawn = self.mixer.next_document(self.stage_of_block(self.blocks + length // block_size))
+            drawn = self.mixer.next_document(self.stage_of_next_block())
             if drawn is None:
                 return
             document, source = drawn
-            counts["documents"] += 1
+            read.documents += 1
             pieces.append(document)
             origins.append(np.full(len(document), source, dtype=np.int64))
             length += len(document)
@@ -186,7 +199,9 @@ class BlockStream:
         return {
             "started": self.started,
             "pass": self.pass_index,
-            "blocks": self.blocks,  # yielded by this stream since step 0: the step, hence the stage, of the next
+            # whole batches yielded since the data began, and blocks of the next: its loader batch, hence its stage
+            "batches": self.batches,
+            "blocks_in_batch": self.blocks_in_batch,
             "mixer": self.mixer.state_dict(),
             "leftover": torch.from_numpy(position.tokens[position.offset:].copy()),
             "leftover_sources": torch.from_numpy(position.token_sources[position.offset:].copy()),
@@ -215,9 +230,9 @@ class PackedDataset(torch.utils.data.IterableDataset):
     and whose turn it is; `resume_streams` restores every stream from a checkpoint taken with another worker count.
     """
 
-    def __init__(self, streams: list[BlockStream], blocks_per_batch: int = 1):
+    def __init__(self, streams: list[BlockStream]):
         self.streams = streams
-        self.blocks_per_batch = blocks_per_batch
+        self.blocks_per_batch = streams[0].blocks_per_batch
         self.loaded_state = None
         self.offset = 0  # the stream whose batch comes first (a resumed rank's next)
         self.hosted, self.turn = list(range(len(streams))), 0
@@ -279,9 +294,6 @@ class PackedDataset(torch.utils.data.IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         """torchdata's resume, with the worker count the state was saved with."""
-        if "streams" not in state:
-            raise DataError("the checkpoint's data position was written by an earlier version of this app, which "
-                            "read the data in another way: resume it with that version, or start a new --output_dir")
         self.loaded_state = state
 
     def resume_streams(self, states: dict[int, dict]) -> None:
@@ -290,8 +302,8 @@ class PackedDataset(torch.utils.data.IterableDataset):
         for index, state in states.items():
             self.streams[index].load_state_dict(state)
         self.loaded_state = None
-        blocks = sum(state["blocks"] for state in states.values())
-        self.offset = (blocks // self.blocks_per_batch) % len(self.streams)
+        # the rank's loader batches so far: the streams gave them in turn, so the next is this one's
+        self.offset = sum(state["batches"] for state in states.values()) % len(self.streams)
 
 
 def stream_states(loader_state) -> dict[int, dict]:
@@ -311,19 +323,18 @@ def stream_states(loader_state) -> dict[int, dict]:
     return found
 
 
-def packer_counts(loader_state, key: str) -> np.ndarray | None:
-    """The sum of the streams' `key` counts in a DataLoader's state; None where it holds no stream's state."""
-    states = stream_states(loader_state).values()
-    return np.sum([np.asarray(state[key], dtype=np.int64) for state in states], axis=0) if states else None
+def source_token_counts(streams: dict[int, dict], num_sources: int) -> list[int]:
+    """The tokens per source of every block the streams (their states, `stream_states`) yielded since the data began."""
+    counts = [np.asarray(state["tokens_by_source"], dtype=np.int64) for state in streams.values()]
+    return np.sum(counts, axis=0).tolist() if counts else [0] * num_sources
 
 
-def loader_source_token_counts(loader_state, num_sources: int) -> list[int]:
-    """The tokens per source of every sample a DataLoader delivered since step 0."""
-    counts = packer_counts(loader_state, "tokens_by_source")
-    return counts.tolist() if counts is not None else [0] * num_sources
+def stage_token_counts(streams: dict[int, dict], num_stages: int, num_sources: int) -> list[list[int]]:
+    """The tokens per data stage and source of every block the streams yielded since the data began."""
+    counts = [np.asarray(state["tokens_by_stage"], dtype=np.int64) for state in streams.values()]
+    return np.sum(counts, axis=0).tolist() if counts else [[0] * num_sources for _ in range(num_stages)]
 
 
-def loader_stage_token_counts(loader_state, num_stages: int, num_sources: int) -> list[list[int]]:
-    """The tokens per data stage and source of every sample a DataLoader delivered since step 0."""
-    counts = packer_counts(loader_state, "tokens_by_stage")
-    return counts.tolist() if counts is not None else [[0] * num_sources for _ in range(num_stages)]
+def data_pass(streams: dict[int, dict]) -> int:
+    """The latest pass over the data (1 for the first) that the streams' blocks came from."""
+    return max((state["pass"] for state in streams.values()), default=0) + 1

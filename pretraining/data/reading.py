@@ -12,6 +12,7 @@ documents (uint16 token ids where the vocabulary fits) are this reader's state.
     Shuffle(buffer=0, ...)   no shuffling at all: the shards in file order, one at a time (every pass the same)
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,6 +22,16 @@ from datasets import IterableDataset
 
 from pretraining.data.files import unreadable
 from pretraining.errors import DataError
+
+
+@dataclass
+class Lane:
+    """An open shard: its stream, the iterator over it (None until first read), and the state it was opened at."""
+
+    shard: int
+    stream: IterableDataset
+    iterator: Iterator | None = None
+    opened_at: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +78,7 @@ class SourceReader:
         """Back to before the first pass."""
         self.passes = 0  # passes started by this reader
         self.order: list[int] = []  # the shards of the pass not yet opened, in reading order
-        # open shards: [shard, its stream, its iterator (None until first read), the state it was opened at]
-        self.lanes: list[list] = []
+        self.lanes: list[Lane] = []  # the open shards
         self.turn = 0  # the lane that gives the next document
         self.buffer: list[np.ndarray] = []
         self.rng = None
@@ -93,7 +103,7 @@ class SourceReader:
         stream = self.tokenized.shard(num_shards=self.tokenized.num_shards, index=shard, contiguous=True)
         if state is not None:
             stream.load_state_dict(state)
-        self.lanes.append([shard, stream, None, state])
+        self.lanes.append(Lane(shard, stream, opened_at=state))
         return True
 
     def _read_lane(self) -> np.ndarray | None:
@@ -101,12 +111,12 @@ class SourceReader:
         while self.lanes:
             self.turn %= len(self.lanes)
             lane = self.lanes[self.turn]
-            if lane[2] is None:
+            if lane.iterator is None:
                 # iter(batch_size=1), not iter(stream): in a DataLoader worker datasets would deal a one-shard stream's
                 # shard to worker 0 only
-                lane[2] = lane[1].iter(batch_size=1)
+                lane.iterator = lane.stream.iter(batch_size=1)
             try:
-                batch = next(lane[2], None)
+                batch = next(lane.iterator, None)
             except (ValueError, TypeError) as err:  # the readers' parse errors; a text that is no string
                 if isinstance(err, DataError):
                     raise
@@ -142,8 +152,9 @@ class SourceReader:
             "passes": self.passes,
             "order": list(map(int, self.order)),
             # a lane not read since it was opened is where it was opened (datasets' state starts with the iteration)
-            "lanes": [{"shard": shard, "stream": stream.state_dict() if iterator is not None else opened_at}
-                      for shard, stream, iterator, opened_at in self.lanes],
+            "lanes": [{"shard": lane.shard,
+                       "stream": lane.stream.state_dict() if lane.iterator is not None else lane.opened_at}
+                      for lane in self.lanes],
             "turn": self.turn,
             # the buffer's documents as one array and their lengths: torch.load(weights_only=True) reads tensors
             "buffer": torch.from_numpy(np.concatenate(self.buffer) if self.buffer else np.empty(0, self.dtype)),

@@ -42,13 +42,17 @@ def load_text_stream(files: list[str], text_column: str, *, dataset_name: str | 
     return dataset
 
 
-def load_source(source: MixtureSource, text_column: str, streaming: bool = True) -> IterableDataset:
-    """A mixture source's documents as a stream with one column, `text_column`; errors name the source."""
+def load_source(source: MixtureSource, text_column: str, streaming: bool = True,
+                where: str | None = None) -> IterableDataset:
+    """A source's documents as a stream with one column, `text_column`; errors begin with `where` if given (a mixture's
+    source: "dataset_mixture source 'NAME'")."""
     try:
         stream = load_text_stream(source.files, source.text_column, dataset_name=source.dataset_name,
                                   dataset_config_name=source.dataset_config_name, streaming=streaming)
     except DataError as err:
-        raise DataError(f"dataset_mixture source {source.name!r}: {err}") from None
+        if where is None:
+            raise
+        raise DataError(f"{where}: {err}") from None
     stream = stream.select_columns([source.text_column])
     if source.text_column != text_column:
         stream = stream.rename_column(source.text_column, text_column)

@@ -3,7 +3,6 @@
 import hashlib
 
 from datasets import Dataset, IterableDataset
-from datasets.distributed import split_dataset_by_node
 
 from pretraining.errors import DataError
 
@@ -32,31 +31,27 @@ def not_held_out(batch: dict, held_out: set[bytes], text_column: str) -> list[bo
 
 
 def rank_split(stream: IterableDataset, rank: int, world_size: int,
-               digest_column: str | None = None) -> tuple[IterableDataset, str]:
+               digest_column: str) -> tuple[IterableDataset, str]:
     """This rank's part of the stream, and a description of how it is split.
 
     Whole shards whenever there are at least as many shards as ranks (a rank may get one more than another: the
-    end-of-pass handling absorbs the difference). Else every rank reads and parses all of it and keeps every
-    world_size-th document, or, for a mixture's source (`digest_column`: its text column), the documents whose
-    digest falls to it: ranks whose other sources have different shard counts split this one differently between
-    their DataLoader workers, and a position would then name different documents on different ranks.
+    end-of-pass handling absorbs the difference). Else every rank reads and parses all of it and keeps the documents
+    whose digest (of their text, `digest_column`) falls to it: not every world_size-th document, because ranks whose
+    other sources have different shard counts split this one differently between their DataLoader workers, and a
+    position would then name different documents on different ranks.
 
-    Each source of a mixture is split on its own before `interleave_datasets`, which takes only sources that
-    `split_dataset_by_node` split alike (one small source would make every rank read every source): hence
-    `IterableDataset.shard` for whole shards, the split that `split_dataset_by_node` makes of them.
+    Each source of a mixture is split on its own before the mixing, the same way for a single source (a mixture of
+    one): hence `IterableDataset.shard` for whole shards, the split that `split_dataset_by_node` makes of them.
     """
     if world_size == 1:
         return stream, "whole"
     if stream.num_shards >= world_size:
         return stream.shard(num_shards=world_size, index=rank, contiguous=False), \
             f"{stream.num_shards} shards split between {world_size} ranks"
-    description = f"{stream.num_shards} shard(s) for {world_size} ranks: every rank reads all, keeps "
-    if digest_column is None:
-        return split_dataset_by_node(stream, rank, world_size, strategy="examples"), \
-            description + f"one document in {world_size}"
     fn_kwargs = {"rank": rank, "world_size": world_size, "text_column": digest_column}
     return stream.filter(falls_to_rank, batched=True, batch_size=256, fn_kwargs=fn_kwargs), \
-        description + "the documents whose digest falls to it"
+        (f"{stream.num_shards} shard(s) for {world_size} ranks: every rank reads all, keeps the documents whose digest "
+         "falls to it")
 
 
 def falls_to_rank(batch: dict, rank: int, world_size: int, text_column: str) -> list[bool]:
@@ -66,8 +61,7 @@ def falls_to_rank(batch: dict, rank: int, world_size: int, text_column: str) -> 
 def check_rank_part(stream: IterableDataset, rank: int, world_size: int, split_description: str,
                     data_name: str) -> None:
     """A rank's part must hold a document: a rank with no data would stop while the others wait for it in a
-    collective, and interleave_datasets fails on an empty source. (Not `stream.take(1)`: a stream split by
-    `split_dataset_by_node` takes before it splits, and that one document may be another rank's.)"""
+    collective, and a mixture cannot draw from an empty source."""
     if world_size > 1 and next(iter(stream), None) is None:
         raise DataError(f"{data_name}: rank {rank} of {world_size} gets none of its documents ({split_description}): "
                         "use more data or fewer ranks")

@@ -33,7 +33,7 @@ def test_ddp_run_logs_once_and_counts_every_rank(ddp_run):
     assert result.stdout.count("step 12/12 | loss") == 1  # only the main process prints
     assert "8 sequences x 64 tokens = 512 tokens/step (per device 4 x grad accum 1 x 2 processes)" in result.stdout
     checkpoint = os.path.join(output_dir, "checkpoint-12")
-    assert {"data_state_rank0.pt", "data_state_rank1.pt"} <= set(os.listdir(checkpoint))
+    assert {"run_state_rank0.pt", "run_state_rank1.pt"} <= set(os.listdir(checkpoint))
 
 
 def test_killed_ddp_run_resumes_exactly(ddp_run, tmp_path):
@@ -92,7 +92,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, corp
     assert f"Stopped by SIGTERM at step {last}" in output
     checkpoint = os.path.join(output_dir, f"checkpoint-{last}")
     assert checkpoint_problem(checkpoint) is None
-    assert {"data_state_rank0.pt", "data_state_rank1.pt"} <= set(os.listdir(checkpoint))
+    assert {"run_state_rank0.pt", "run_state_rank1.pt"} <= set(os.listdir(checkpoint))
     extend = argv[argv.index("--max_steps") + 1]
     result = run_torchrun([str(last + 2) if value is extend else value for value in argv])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -114,6 +114,6 @@ def test_ranks_with_unequal_shards_neither_hang_nor_desync(tmp_path, corpus):
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 13))
     for checkpoint in ("checkpoint-6", "checkpoint-12"):
         assert checkpoint_problem(os.path.join(output_dir, checkpoint)) is None
-    rank1_state = torch.load(os.path.join(output_dir, "checkpoint-12", "data_state_rank1.pt"), weights_only=True)
-    stream = rank1_state["dataset_state"]["streams"]["0"]
-    assert stream["pass"] >= 1 and stream["blocks"] > 0  # rank 1 is in a later pass (0 is the first), and went on
+    rank1_state = torch.load(os.path.join(output_dir, "checkpoint-12", "run_state_rank1.pt"), weights_only=True)
+    stream = rank1_state["data"]["0"]
+    assert stream["pass"] >= 1 and stream["batches"] == 12 * 2  # rank 1 is in a later pass (0 is the first), in step

@@ -5,12 +5,11 @@ import glob
 import json
 import os
 import random
-import subprocess
 import sys
 
 import pytest
 
-from helpers import ROOT, app_env, read_log, run_app, tiny_args
+from helpers import read_log, run_here, tiny_args
 from pretraining.eval_tasks import task_scores
 
 TASK = "tiny_arithmetic"
@@ -54,9 +53,8 @@ metric_list:
 def scored_run(corpus, task_dir, tmp_path_factory):
     pytest.importorskip("lm_eval")  # requirements-test.txt installs it
     output_dir = str(tmp_path_factory.mktemp("eval_tasks_run"))
-    result = run_app(tiny_args(output_dir, *corpus, max_steps=10, save_steps=10, eval_steps=5, generation_steps=0,
-                               eval_tasks=TASK, eval_tasks_path=task_dir, eval_tasks_limit=LIMIT,
-                               report_to="tensorboard"))
+    result = run_here(tiny_args(output_dir, *corpus, max_steps=10, eval_steps=5, eval_tasks=TASK,
+                                eval_tasks_path=task_dir, eval_tasks_limit=LIMIT, report_to="tensorboard"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir, result
 
@@ -70,6 +68,13 @@ def test_eval_rows_hold_the_task_scores(scored_run):
     assert f"{TASK}/acc" in result.stdout  # the printed evaluation line
     with open(os.path.join(output_dir, "README.md"), encoding="utf-8") as f:
         assert f"{TASK}/acc (lm-evaluation-harness)" in f.read()
+    # the curves draw the scores against the tokens seen at each evaluation, which its row counts
+    from pretraining.curves import curves_figure
+
+    assert [row["tokens_seen"] for row in rows] == [5 * 4 * 64, 10 * 4 * 64]
+    scores = curves_figure(output_dir).axes[-1]
+    assert scores.get_xlabel() == "tokens seen"
+    assert [line.get_xdata().tolist() for line in scores.get_lines()] == [[5 * 4 * 64, 10 * 4 * 64]] * 2
 
 
 def test_scores_reach_tensorboard(scored_run):
@@ -97,17 +102,10 @@ def test_scores_equal_lm_eval_on_the_saved_model(scored_run, task_dir):
     assert set(standalone) == {f"{TASK}/acc", f"{TASK}/acc_norm"}
 
 
-def unimportable_lm_eval_run(argv) -> subprocess.CompletedProcess:
-    """The app in a process where `import lm_eval` fails, as where it is not installed."""
-    script = ("import runpy, sys; sys.modules['lm_eval'] = None; sys.argv = sys.argv[1:]; "
-              "runpy.run_path(sys.argv[0], run_name='__main__')")
-    return subprocess.run([sys.executable, "-c", script, os.path.join(ROOT, "run_pretrain.py"), *argv], cwd=ROOT,
-                          env=app_env(), capture_output=True, text=True, timeout=300)
-
-
-def test_without_lm_eval_a_one_line_error(corpus, task_dir, tmp_path):
+def test_without_lm_eval_a_one_line_error(corpus, task_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` fails, as where it is not installed
     output_dir = tmp_path / "run"
-    result = unimportable_lm_eval_run(tiny_args(str(output_dir), *corpus, eval_tasks=TASK, eval_tasks_path=task_dir))
+    result = run_here(tiny_args(str(output_dir), *corpus, eval_tasks=TASK, eval_tasks_path=task_dir))
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.startswith("error: --eval_tasks needs the lm-eval package") and result.stderr.count("\n") == 1
     assert not output_dir.exists()
@@ -116,6 +114,6 @@ def test_without_lm_eval_a_one_line_error(corpus, task_dir, tmp_path):
 def test_unknown_task_is_a_one_line_error(corpus, task_dir, tmp_path):
     pytest.importorskip("lm_eval")
     output_dir = tmp_path / "run"
-    result = run_app(tiny_args(str(output_dir), *corpus, eval_tasks=f"{TASK},no_such_task", eval_tasks_path=task_dir))
+    result = run_here(tiny_args(str(output_dir), *corpus, eval_tasks=f"{TASK},no_such_task", eval_tasks_path=task_dir))
     assert result.returncode == 2 and "error: unknown eval task(s) no_such_task" in result.stderr
     assert not output_dir.exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import export
-from helpers import MIXED_TEXT, ROOT, app_env, run_app, tiny_args
+from helpers import MIXED_TEXT, app_env, run_here, tiny_args
 from pretraining.run_files import RUN_EXPORTS
 from pretraining.serving import load_trained
 
@@ -21,8 +21,7 @@ GGUF_TOLERANCE = {"f32": 1e-5, "f16": 1e-2}  # max |logit difference| (fp32 logi
 def exported_run(corpus, tmp_path_factory):
     """A finished tiny run with --export_formats llama,gguf: its output_dir."""
     output_dir = str(tmp_path_factory.mktemp("export_run"))
-    result = run_app(tiny_args(output_dir, *corpus, max_steps=10, save_steps=10, eval_steps=10, generation_steps=0,
-                               export_formats="llama,gguf"))
+    result = run_here(tiny_args(output_dir, *corpus, max_steps=10, export_formats="llama,gguf"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir
 
@@ -134,9 +133,7 @@ def test_bad_input_is_a_one_line_error(exported_run, tmp_path, capsys, args, mes
 
 
 def test_cli_error_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), str(tmp_path / "missing"),
-                             str(tmp_path / "out.gguf"), "--format", "gguf"], cwd=ROOT, env=app_env(),
-                            capture_output=True, text=True, timeout=120)
+    result = run_here([str(tmp_path / "missing"), str(tmp_path / "out.gguf"), "--format", "gguf"], export.main)
     assert result.returncode == 2 and result.stderr.startswith("error: no such folder")
     assert result.stderr.count("\n") == 1
     assert os.listdir(tmp_path) == []
@@ -144,6 +141,6 @@ def test_cli_error_has_no_traceback(tmp_path):
 
 def test_app_refuses_an_unknown_export_format(corpus, tmp_path):
     output_dir = tmp_path / "run"
-    result = run_app(tiny_args(str(output_dir), *corpus, export_formats="llama,onnx"))
+    result = run_here(tiny_args(str(output_dir), *corpus, export_formats="llama,onnx"))
     assert result.returncode == 2 and "error: export_formats: unknown format(s) onnx" in result.stderr
     assert not output_dir.exists()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from helpers import read_log, run_app, tiny_args
+from helpers import read_log, run_here, tiny_args
 from pretraining.checkpoints import checkpoint_problem
 
 
@@ -24,8 +24,8 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_is_one_line_and_the_rerun_resumes_once_there_is_room(small_disk, corpus):
     output_dir = str(small_disk / "run")
-    argv = tiny_args(output_dir, *corpus, max_steps=8, save_steps=2, eval_steps=100, generation_steps=0)
-    result = run_app(argv)
+    argv = tiny_args(output_dir, *corpus, max_steps=8, save_steps=2)
+    result = run_here(argv)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     error = result.stderr.strip().splitlines()
     assert len(error) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -37,12 +37,12 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes_once_there_is_room(small_
     assert not [name for name in os.listdir(output_dir) if name.endswith(".tmp") or name.startswith(".final")]
 
     # again while full: the same line, nothing new left behind
-    again = run_app(argv)
+    again = run_here(argv)
     assert again.returncode == 1 and "cannot save" in again.stderr and again.stderr.count("\n") == 1
     assert not [name for name in os.listdir(output_dir) if name.endswith(".tmp")]
 
     subprocess.run(["mount", "-o", "remount,size=400m", str(small_disk)], check=True)  # room again
-    resumed = run_app(argv)
+    resumed = run_here(argv)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "Resuming from checkpoint-2" in resumed.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 9))

@@ -27,7 +27,7 @@ COSMOPEDIA = "cosmopedia-v2/*"
 # A pass over cosmopedia-v2's 104 shards here is about 200 steps of 4 x 64 tokens. The shuffled stream reads 8 shards at
 # a time through a buffer of 32 documents (hub_recipe_args), so shards are downloaded as the run goes on, and a
 # resume opens again only the shards that were open at its checkpoint.
-STEPS = {"max_steps": 90, "save_steps": 30, "eval_steps": 45, "generation_steps": 0, "logging_steps": 1}
+STEPS = {"max_steps": 60, "save_steps": 20, "eval_steps": 30, "generation_steps": 0, "logging_steps": 1}
 
 
 @dataclass
@@ -64,11 +64,11 @@ def same_run_elsewhere(run: HubRun, output_dir: str) -> list[str]:
 def test_the_default_recipe_streams_cosmopedia_trains_evaluates_and_checkpoints(recipe_run):
     run = recipe_run
     assert "data: HuggingFaceTB/smollm-corpus (cosmopedia-v2, streamed)" in run.result.stdout
-    assert [row["step"] for row in read_log(run.output_dir, "train")] == list(range(1, 91))
+    assert [row["step"] for row in read_log(run.output_dir, "train")] == list(range(1, 61))
     evals = read_log(run.output_dir, "eval")
-    assert [row["step"] for row in evals] == [45, 90]
+    assert [row["step"] for row in evals] == [30, 60]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] < 10  # learned from the streamed text
-    for step in (30, 60, 90):
+    for step in (20, 40, 60):
         assert checkpoint_problem(os.path.join(run.output_dir, f"checkpoint-{step}")) is None
     downloaded = {(request.repo, request.file) for request in run.requests if request.method == "GET" and request.file}
     assert (f"model:{MODEL_REPO}", "tokenizer.json") in downloaded
@@ -78,7 +78,7 @@ def test_the_default_recipe_streams_cosmopedia_trains_evaluates_and_checkpoints(
 
 
 def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(recipe_run, local_hub, tmp_path):
-    """kill -9 after checkpoint-60, the same command again: the losses are the uninterrupted run's. What the restart
+    """kill -9 after checkpoint-40, the same command again: the losses are the uninterrupted run's. What the restart
     reads again: the held-out documents (every start rebuilds the evaluation set from the stream's first documents),
     and the shards open at the checkpoint, each from the start of its row group in progress (datasets' resume; the
     shuffle buffer's documents are in the checkpoint). Shards finished before that are not downloaded again: the
@@ -88,14 +88,14 @@ def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(reci
     env = hub_env(local_hub, tmp_path / "hf_home")
     process = start_app(argv, env=env)
     try:
-        wait_for_step(output_dir, 62, process)
+        wait_for_step(output_dir, 42, process)
     finally:
         process.kill()
         process.wait()
     first = len(local_hub.requests)
     result = run_app(argv, env=env)
     assert result.returncode == 0, failed(result)
-    assert "Resuming from checkpoint-60" in result.stdout
+    assert "Resuming from checkpoint-40" in result.stdout
     assert losses(output_dir) == pytest.approx(losses(recipe_run.output_dir), abs=1e-4)
     corpus = local_hub.repo_folder("dataset", CORPUS_REPO)
     largest_shard = max(os.path.getsize(path) for path in glob.glob(os.path.join(corpus, COSMOPEDIA)))
@@ -104,11 +104,11 @@ def test_a_killed_run_resumes_exactly_without_reading_finished_shards_again(reci
 
 
 def run_with_outage(hub, argv: list[str], env: dict, faults: list[tuple[str, int | None]]) -> tuple[int, str]:
-    """Run the app; once it logs step 31 (checkpoint-30 saved), the shard downloads fail: each (mode, times) of
+    """Run the app; once it logs step 21 (checkpoint-20 saved), the shard downloads fail: each (mode, times) of
     `faults` in turn (times None: until the run ends). The Hub recovers at the end. (exit status, output)"""
     process = start_app(argv, env=env)
     try:
-        wait_for_step(argv[argv.index("--output_dir") + 1], 31, process)
+        wait_for_step(argv[argv.index("--output_dir") + 1], 21, process)
         for mode, times in faults:
             hub.fail(COSMOPEDIA, mode, times)
         output, _ = process.communicate(timeout=600)
@@ -119,7 +119,7 @@ def run_with_outage(hub, argv: list[str], env: dict, faults: list[tuple[str, int
 
 
 def test_a_brief_hub_outage_mid_stream_is_retried_and_loses_no_data(recipe_run, local_hub, tmp_path):
-    """After checkpoint-30 the next downloads of shards fail four times in a row (twice the connection drops
+    """After checkpoint-20 the next downloads of shards fail four times in a row (twice the connection drops
     mid-body, twice the Hub answers 500), then the Hub recovers: huggingface_hub retries the same byte range, the
     run goes on and trains on exactly the data of the uninterrupted run."""
     output_dir = str(tmp_path / "run")
@@ -128,13 +128,13 @@ def test_a_brief_hub_outage_mid_stream_is_retried_and_loses_no_data(recipe_run, 
                                      hub_env(local_hub, tmp_path / "hf_home"), [("drop", 2), ("500", 2)])
     assert status == 0, output[-3000:]
     faults = [request.fault for request in local_hub.requests[first:] if request.fault]
-    assert faults == ["drop", "drop", "500", "500"], "the run read no shard after step 31"
+    assert faults == ["drop", "drop", "500", "500"], "the run read no shard after step 21"
     assert "Retrying in" in output  # huggingface_hub's retries, on stderr
     assert losses(output_dir) == pytest.approx(losses(recipe_run.output_dir), abs=1e-4)
 
 
 def test_an_outage_past_the_retries_stops_with_exit_75_and_the_same_command_resumes(recipe_run, local_hub, tmp_path):
-    """After checkpoint-30 every download of a shard answers 500 until the Hub recovers: once huggingface_hub's
+    """After checkpoint-20 every download of a shard answers 500 until the Hub recovers: once huggingface_hub's
     retries are spent (about 23 s) the run stops with one line saying so, exit status 75 (try again), its
     checkpoints intact and nothing skipped; the same command, once the Hub is back, resumes and matches the
     uninterrupted run."""
@@ -151,7 +151,7 @@ def test_an_outage_past_the_retries_stops_with_exit_75_and_the_same_command_resu
                          r"(checkpoint-\d+), is intact: run the same command again to resume from it", errors[0])
     assert found, errors[0]
     step, checkpoint = int(found.group(1)), found.group(2)
-    assert step > 30 and checkpoint_problem(os.path.join(output_dir, checkpoint)) is None
+    assert step > 20 and checkpoint_problem(os.path.join(output_dir, checkpoint)) is None
     result = run_app(argv, env=env)
     assert result.returncode == 0, failed(result)
     assert f"Resuming from {checkpoint}" in result.stdout
@@ -174,7 +174,7 @@ def test_two_ranks_read_disjoint_whole_shards(local_hub, tmp_path):
         ranks_by_shard.setdefault(request.file, set()).add(request.rank)
     assert {rank for ranks in ranks_by_shard.values() for rank in ranks} == {0, 1}
     assert all(len(ranks) == 1 for ranks in ranks_by_shard.values()), ranks_by_shard
-    assert {"data_state_rank0.pt", "data_state_rank1.pt"} <= set(os.listdir(os.path.join(output_dir, "checkpoint-30")))
+    assert {"run_state_rank0.pt", "run_state_rank1.pt"} <= set(os.listdir(os.path.join(output_dir, "checkpoint-30")))
 
 
 def test_continued_pretraining_from_the_official_weights(hub_weights, tmp_path):

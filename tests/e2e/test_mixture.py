@@ -4,12 +4,12 @@ after a checkpoint that resumes exactly (0 and 2 DataLoader workers, torchrun)."
 import itertools
 import json
 import os
-import shutil
 
 import pytest
 import torch
 
-from helpers import losses, mixture, read_log, run_app, run_torchrun, tiny_args, without_train_file, write_sources
+from helpers import (killed_after, losses, mixture, moved, read_log, run_here, run_torchrun, tiny_args,
+                     without_train_file, write_sources)
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,6 @@ def mixture_argv(output_dir, sources, **overrides):
     argv = tiny_args(output_dir, None, **{"max_steps": 8, "save_steps": 4, "eval_steps": 4, "generation_steps": 0,
                                          **overrides})
     return without_train_file(argv) + ["--dataset_mixture", *mixture(*sources)]
-
-
-def killed_after_checkpoint_4(baseline, output_dir):
-    """The run as a kill -9 after checkpoint-4 leaves it: later checkpoints and the final files gone."""
-    shutil.copytree(baseline, output_dir)
-    shutil.rmtree(os.path.join(output_dir, "checkpoint-8"))
-    for name in ("model.safetensors", "trainer_state.json"):
-        os.remove(os.path.join(output_dir, name))
 
 
 def check_resumed(baseline, output_dir, result):
@@ -49,7 +41,7 @@ def test_mixture_run_logs_each_source_and_resumes_exactly(tmp_path, app_sources,
     names = [f"{a}", f"{b}@content"]
     baseline = str(tmp_path / "baseline")
     argv = mixture_argv(baseline, app_sources, dataloader_num_workers=num_workers)
-    result = run_app(argv)
+    result = run_here(argv)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"mixture: 80.0% {a}" in result.stdout and "(text column 'content')" in result.stdout
     rows = read_log(baseline, "train")
@@ -67,8 +59,8 @@ def test_mixture_run_logs_each_source_and_resumes_exactly(tmp_path, app_sources,
     assert f"tokens from `{b}@content`" in card and f"final eval loss on `{a}`" in card
 
     output_dir = str(tmp_path / "run")
-    killed_after_checkpoint_4(baseline, output_dir)
-    check_resumed(baseline, output_dir, run_app([output_dir if value == baseline else value for value in argv]))
+    killed_after(baseline, output_dir, 4)
+    check_resumed(baseline, output_dir, run_here(moved(argv, baseline, output_dir)))
 
 
 def test_mixture_under_torchrun_resumes_exactly(tmp_path, app_sources):
@@ -83,7 +75,7 @@ def test_mixture_under_torchrun_resumes_exactly(tmp_path, app_sources):
     rows = read_log(baseline, "train")
     assert all(sum(row["tokens_by_source"].values()) == row["tokens_seen"] == 2 * 4 * 64 * row["step"] for row in rows)
     output_dir = str(tmp_path / "run")
-    killed_after_checkpoint_4(baseline, output_dir)
-    check_resumed(baseline, output_dir, run_torchrun([output_dir if value == baseline else value for value in argv]))
+    killed_after(baseline, output_dir, 4)
+    check_resumed(baseline, output_dir, run_torchrun(moved(argv, baseline, output_dir)))
 
 

@@ -10,7 +10,7 @@ import re
 import pytest
 
 import run_pretrain
-from helpers import fails_in_one_line, read_log, run_app, start_app, tiny_args, wait_for_step, with_flag, write_jsonl
+from helpers import fails_in_one_line, read_log, run_here, start_app, tiny_args, wait_for_step, with_flag, write_jsonl
 
 SHORT = dict(max_steps=4, save_steps=2, eval_steps=4, generation_steps=0)
 
@@ -51,7 +51,7 @@ def test_the_starting_weights_are_never_an_output(finished, tmp_path, corpus, ca
 
 def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, corpus, capsys):
     output_dir = str(tmp_path / "run")
-    argv = tiny_args(output_dir, *corpus, max_steps=400, save_steps=1000, eval_steps=1000, generation_steps=0)
+    argv = tiny_args(output_dir, *corpus, max_steps=400)
     first = start_app(argv)
     try:
         wait_for_step(output_dir, 2, first)
@@ -66,7 +66,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, 
         first.wait()
     # a dead holder leaves its lock file, but no lock: the next run goes on
     assert os.path.exists(os.path.join(output_dir, ".run.lock"))
-    result = run_app(with_flag(argv, "max_steps", 3))
+    result = run_here(with_flag(argv, "max_steps", 3))
     assert result.returncode == 0, result.stderr
 
 

@@ -12,105 +12,91 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from helpers import (in_process_trainer, losses, read_log, run_app, start_app, tiny_args, wait_for_step, with_flag,
-                     write_jsonl)
+import run_pretrain
+from helpers import (in_process_trainer, killed_after, losses, moved, read_log, run_here, start_app, tiny_args,
+                     wait_for_step, with_flag, write_jsonl)
 from pretraining.checkpoints import checkpoint_problem
 from pretraining.errors import NonFiniteLossError
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, corpus):
-    """An uninterrupted 16-step run to compare resumed runs against."""
+    """An uninterrupted 16-step run (checkpoints every 4 steps) to compare resumed runs against: (output_dir, argv)."""
     output_dir = str(tmp_path_factory.mktemp("baseline"))
-    result = run_app(tiny_args(output_dir, *corpus, max_steps=16, save_steps=4, eval_steps=8, generation_steps=8))
-    assert result.returncode == 0, result.stderr
-    return losses(output_dir)
-
-
-def test_sigkill_then_restart_resumes_exactly(tmp_path, corpus, baseline):
-    output_dir = str(tmp_path / "run")
     argv = tiny_args(output_dir, *corpus, max_steps=16, save_steps=4, eval_steps=8, generation_steps=8)
+    assert run_pretrain.main(argv) == 0
+    return output_dir, argv
+
+
+@pytest.fixture(scope="module")
+def two_worker_baseline(tmp_path_factory, corpus):
+    """The shuffled stream of the corpus in four files, read by two DataLoader workers (two shards each, their shuffle
+    buffers in every checkpoint), 12 steps uninterrupted: (output_dir, argv)."""
+    folder = tmp_path_factory.mktemp("four_parts")
+    with open(corpus[0], encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    for k in range(4):
+        write_jsonl(folder / f"part{k}.jsonl", texts[k::4])
+    output_dir = str(folder / "baseline")
+    argv = tiny_args(output_dir, str(folder / "part*.jsonl"), corpus[1], max_steps=12, save_steps=4,
+                     dataloader_num_workers=2, shuffle_buffer=500)
+    assert run_pretrain.main(argv) == 0
+    return output_dir, argv
+
+
+def killed_and_restarted(baseline_argv, baseline_dir, output_dir, step):
+    """The baseline's command on `output_dir` in a fresh process, killed with SIGKILL once it has logged `step`, then
+    the same command again (in this process)."""
+    argv = moved(baseline_argv, baseline_dir, output_dir)
     process = start_app(argv)
-    wait_for_step(output_dir, 7, process)  # past checkpoint-4, before checkpoint-8
+    wait_for_step(output_dir, step, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    result = run_app(argv)
+    return run_here(argv)
+
+
+def test_sigkill_then_restart_resumes_exactly(tmp_path, baseline):
+    baseline_dir, argv = baseline
+    output_dir = str(tmp_path / "run")
+    result = killed_and_restarted(argv, baseline_dir, output_dir, 7)  # past checkpoint-4, before 8
     assert result.returncode == 0, result.stderr
     assert "Resuming from checkpoint-" in result.stdout
-    resumed = losses(output_dir)
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 17))  # each step once
-    assert resumed == pytest.approx(baseline, abs=1e-4)
+    assert losses(output_dir) == pytest.approx(losses(baseline_dir), abs=1e-4)
 
 
-def test_sigkill_with_two_dataloader_workers_resumes_exactly(tmp_path, corpus):
-    """The shuffled stream of a corpus in four files, read by two DataLoader workers (two shards each, their shuffle
-    buffers in the checkpoint): killed past a checkpoint, the restart trains on what the uninterrupted run did."""
-    with open(corpus[0], encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f]
-    for k in range(4):
-        write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::4])
-    runs = {}
-    for name in ("baseline", "killed"):
-        output_dir = str(tmp_path / name)
-        argv = tiny_args(output_dir, str(tmp_path / "part*.jsonl"), corpus[1], max_steps=12, save_steps=4,
-                         eval_steps=12, generation_steps=0, dataloader_num_workers=2, shuffle_buffer=500)
-        if name == "killed":
-            process = start_app(argv)
-            wait_for_step(output_dir, 6, process)  # past checkpoint-4
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-        result = run_app(argv)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        runs[name] = output_dir
+def test_sigkill_with_two_dataloader_workers_resumes_exactly(tmp_path, two_worker_baseline):
+    """Killed past a checkpoint, the restart trains on what the uninterrupted run did."""
+    baseline_dir, argv = two_worker_baseline
+    output_dir = str(tmp_path / "run")
+    result = killed_and_restarted(argv, baseline_dir, output_dir, 6)  # past checkpoint-4
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Resuming from checkpoint-" in result.stdout
-    assert [row["step"] for row in read_log(runs["killed"], "train")] == list(range(1, 13))
-    assert losses(runs["killed"]) == pytest.approx(losses(runs["baseline"]), abs=1e-4)
+    assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 13))
+    assert losses(output_dir) == pytest.approx(losses(baseline_dir), abs=1e-4)
 
 
-def test_the_worker_count_may_change_on_resume(tmp_path, corpus):
+def test_the_worker_count_may_change_on_resume(tmp_path, two_worker_baseline):
     """Killed (after checkpoint-4) in a run with two DataLoader workers, resumed with none: the two data streams the run
     started with go on in the main process, and the losses are the uninterrupted run's."""
-    with open(corpus[0], encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f]
-    for k in range(4):
-        write_jsonl(tmp_path / f"part{k}.jsonl", texts[k::4])
-    baseline = str(tmp_path / "baseline")
-    argv = tiny_args(baseline, str(tmp_path / "part*.jsonl"), corpus[1], max_steps=8, save_steps=4, eval_steps=8,
-                     generation_steps=0, dataloader_num_workers=2)
-    assert run_app(argv).returncode == 0
+    baseline_dir, argv = two_worker_baseline
     output_dir = str(tmp_path / "run")
-    killed_after(baseline, output_dir, 4, 8)
-    argv = with_flag([output_dir if value == baseline else value for value in argv], "dataloader_num_workers", 0)
-    result = run_app(argv)
+    killed_after(baseline_dir, output_dir, 4)
+    result = run_here(with_flag(moved(argv, baseline_dir, output_dir), "dataloader_num_workers", 0))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Resuming from checkpoint-4" in result.stdout
-    assert losses(output_dir) == pytest.approx(losses(baseline), abs=1e-4)
-
-
-def killed_after(baseline: str, output_dir: str, step: int, last: int) -> None:
-    """`baseline` as a kill after checkpoint-`step` would have left it (of a run to `last`): later checkpoints, the
-    final files and the log rows after `step` gone."""
-    shutil.copytree(baseline, output_dir)
-    for name in os.listdir(output_dir):
-        if name.startswith("checkpoint-") and int(name.split("-")[1]) > step:
-            shutil.rmtree(os.path.join(output_dir, name))
-    for name in ("model.safetensors", "trainer_state.json"):
-        os.remove(os.path.join(output_dir, name))
-    rows = [row for row in read_log(output_dir) if row["step"] <= step]
-    with open(os.path.join(output_dir, "training_log.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    assert last > step
+    assert losses(output_dir) == pytest.approx(losses(baseline_dir), abs=1e-4)
 
 
 def test_the_first_row_after_a_resume_is_the_uninterrupted_runs(tmp_path, corpus):
     """Rows every 3 steps, a checkpoint at 4: the row at 6 averages steps 4-6 whether or not the run stopped after
     checkpoint-4 (the checkpoint holds the loss and timings since the last row)."""
     baseline = str(tmp_path / "baseline")
-    argv = tiny_args(baseline, *corpus, max_steps=6, save_steps=4, eval_steps=100, generation_steps=0, logging_steps=3)
-    assert run_app(argv).returncode == 0
+    argv = tiny_args(baseline, *corpus, max_steps=6, save_steps=4, logging_steps=3)
+    assert run_pretrain.main(argv) == 0
     output_dir = str(tmp_path / "run")
-    killed_after(baseline, output_dir, 4, 6)
-    result = run_app([output_dir if value == baseline else value for value in argv])
+    killed_after(baseline, output_dir, 4)
+    result = run_here(moved(argv, baseline, output_dir))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [row["step"] for row in read_log(output_dir, "train")] == [3, 6]
     assert losses(output_dir)[6] == pytest.approx(losses(baseline)[6], abs=1e-5)
@@ -118,8 +104,7 @@ def test_the_first_row_after_a_resume_is_the_uninterrupted_runs(tmp_path, corpus
 
 def test_a_run_shorter_than_its_logging_window_completes(tmp_path, corpus):
     output_dir = str(tmp_path / "run")
-    result = run_app(tiny_args(output_dir, *corpus, max_steps=3, logging_steps=10, save_steps=10, eval_steps=10,
-                               generation_steps=0))
+    result = run_here(tiny_args(output_dir, *corpus, max_steps=3, logging_steps=10))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [row["step"] for row in read_log(output_dir, "train")] == [3]  # the last step is always logged
     assert os.path.isfile(os.path.join(output_dir, "trainer_state.json"))
@@ -135,8 +120,7 @@ def test_a_bad_record_met_mid_run_is_one_line_and_the_checkpoints_intact(tmp_pat
     path = tmp_path / "late.jsonl"
     path.write_text("\n".join(lines) + "\n")
     output_dir = str(tmp_path / "run")
-    result = run_app(tiny_args(output_dir, str(path), corpus[1], max_steps=200, save_steps=10, eval_steps=1000,
-                               generation_steps=0, shuffle_buffer=0))
+    result = run_here(tiny_args(output_dir, str(path), corpus[1], max_steps=200, save_steps=10, shuffle_buffer=0))
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "late.jsonl line 1101: the text column 'text' holds null, not a string" in result.stderr
@@ -146,7 +130,7 @@ def test_a_bad_record_met_mid_run_is_one_line_and_the_checkpoints_intact(tmp_pat
 
 def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path, corpus):
     output_dir = str(tmp_path / "run")
-    argv = tiny_args(output_dir, *corpus, max_steps=500, save_steps=1000, generation_steps=0, eval_steps=1000)
+    argv = tiny_args(output_dir, *corpus, max_steps=500)
     process = start_app(argv)
     wait_for_step(output_dir, 3, process)
     process.send_signal(signal.SIGTERM)
@@ -157,7 +141,7 @@ def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path, corpus):
     assert checkpoint_problem(checkpoint) is None
     assert f"Stopped by SIGTERM at step {last}" in output
     assert not os.path.exists(os.path.join(output_dir, "model.safetensors"))  # no final model: not finished
-    result = run_app(argv[:argv.index("--max_steps")] + ["--max_steps", str(last + 2)] + argv[argv.index("--max_steps") + 2:])
+    result = run_here(with_flag(argv, "max_steps", last + 2))
     assert result.returncode == 0, result.stderr
     assert f"Resuming from checkpoint-{last}" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, last + 3))
@@ -170,18 +154,14 @@ def test_a_run_killed_in_a_later_pass_over_the_data_resumes_exactly(tmp_path, co
         texts = [json.loads(line)["text"] for line in itertools.islice(f, 16)]
     small = write_jsonl(tmp_path / "small.jsonl", [" ".join(texts[k::4]) for k in range(4)])
     baseline = str(tmp_path / "baseline")
-    argv = tiny_args(baseline, small, corpus[1], max_steps=24, save_steps=8, eval_steps=8, generation_steps=0)
-    result = run_app(argv)
-    assert result.returncode == 0, result.stderr
+    argv = tiny_args(baseline, small, corpus[1], max_steps=24, save_steps=8)
+    assert run_pretrain.main(argv) == 0
     passes = {row["step"]: row["data_pass"] for row in read_log(baseline, "train")}
     assert passes[1] == 1 and passes[16] >= 3 and passes[24] > passes[16]
 
     output_dir = str(tmp_path / "run")
-    shutil.copytree(baseline, output_dir)
-    shutil.rmtree(os.path.join(output_dir, "checkpoint-24"))
-    for name in ("model.safetensors", "trainer_state.json"):
-        os.remove(os.path.join(output_dir, name))
-    result = run_app([output_dir if value == baseline else value for value in argv])
+    killed_after(baseline, output_dir, 16)
+    result = run_here(moved(argv, baseline, output_dir))
     assert result.returncode == 0, result.stderr
     assert "Resuming from checkpoint-16" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 25))  # each step once
@@ -190,10 +170,12 @@ def test_a_run_killed_in_a_later_pass_over_the_data_resumes_exactly(tmp_path, co
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "garble_state", "no_manifest"])
-def test_corrupt_newest_checkpoint_is_skipped(tmp_path, corpus, damage):
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path, baseline, damage):
+    """Killed after checkpoint-12, whose files were then damaged: the restart names it, skips it, resumes from
+    checkpoint-8 and trains what the uninterrupted run did."""
+    baseline_dir, argv = baseline
     output_dir = str(tmp_path / "run")
-    argv = tiny_args(output_dir, *corpus, max_steps=12, save_steps=4, eval_steps=8, generation_steps=8)
-    assert run_app(argv).returncode == 0
+    killed_after(baseline_dir, output_dir, 12)
     newest = os.path.join(output_dir, "checkpoint-12")
     if damage == "truncate_weights":
         path = os.path.join(newest, "model.safetensors")
@@ -205,10 +187,11 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path, corpus, damage):
             f.write("x" * size)
     else:
         os.remove(os.path.join(newest, "checkpoint_manifest.json"))
-    result = run_app(argv[:argv.index("--max_steps")] + ["--max_steps", "16"] + argv[argv.index("--max_steps") + 2:])
+    result = run_here(moved(argv, baseline_dir, output_dir))
     assert result.returncode == 0, result.stderr
     assert "skipping checkpoint-12" in result.stdout and "Resuming from checkpoint-8" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 17))
+    assert losses(output_dir) == pytest.approx(losses(baseline_dir), abs=1e-4)
 
 
 class PoisonWeights(TrainerCallback):
@@ -274,8 +257,8 @@ def test_divergence_without_clipping_stops_with_the_checkpoint_intact(tmp_path, 
     """--max_grad_norm 0 and a learning rate that blows up: the non-finite steps are skipped and logged as null,
     then the run stops with a one-line error; the checkpoints hold finite weights and no final model is saved."""
     output_dir = str(tmp_path / "run")
-    result = run_app(tiny_args(output_dir, *corpus, max_steps=60, save_steps=2, eval_steps=100, generation_steps=0,
-                               max_grad_norm=0, learning_rate=1e4, warmup_steps=0, max_nonfinite_steps=3))
+    result = run_here(tiny_args(output_dir, *corpus, max_steps=60, save_steps=2, max_grad_norm=0, learning_rate=1e4,
+                                warmup_steps=0, max_nonfinite_steps=3))
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr
     assert result.stderr.startswith("error: 3 non-finite steps in a row") and result.stderr.count("\n") == 1
     assert "update skipped (3 in a row)" in result.stdout
@@ -294,14 +277,13 @@ def test_divergence_without_clipping_stops_with_the_checkpoint_intact(tmp_path, 
 
 def test_save_total_limit_keeps_the_newest_complete_checkpoint(tmp_path, corpus):
     output_dir = str(tmp_path / "run")
-    argv = tiny_args(output_dir, *corpus, max_steps=8, save_steps=4, eval_steps=100, generation_steps=0,
-                     save_total_limit=1)
-    assert run_app(argv).returncode == 0
+    argv = tiny_args(output_dir, *corpus, max_steps=8, save_steps=4, save_total_limit=1)
+    assert run_pretrain.main(argv) == 0
     assert sorted(n for n in os.listdir(output_dir) if n.startswith("checkpoint-")) == ["checkpoint-8"]
     # a crash mid-save left a newer, incomplete checkpoint behind
     shutil.copytree(os.path.join(output_dir, "checkpoint-8"), os.path.join(output_dir, "checkpoint-100"))
     os.remove(os.path.join(output_dir, "checkpoint-100", "checkpoint_manifest.json"))
-    result = run_app(argv[:argv.index("--max_steps")] + ["--max_steps", "12"] + argv[argv.index("--max_steps") + 2:])
+    result = run_here(with_flag(argv, "max_steps", 12))
     assert result.returncode == 0, result.stderr
     assert "skipping checkpoint-100" in result.stdout and "Resuming from checkpoint-8" in result.stdout
     assert checkpoint_problem(os.path.join(output_dir, "checkpoint-12")) is None

@@ -4,23 +4,19 @@ generate.py. A test that writes into the run works on a copy: the run is shared.
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from huggingface_hub import ModelCard
 
-from helpers import ROOT, assert_real_png
+import generate
+import plot_training_log as plot_command
+from helpers import assert_real_png, run_here
 from pretraining.curves import plot_training_log, read_training_log
 from pretraining.model_card import write_model_card
 from pretraining.run_files import CURVES_PNG
 
 MAX_STEPS = 30
 PROMPT = "The for statement"
-
-
-def run_script(*args, timeout=120):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -48,7 +44,7 @@ def test_plot_of_a_real_run(run_copy):
 
 def test_plot_command_writes_where_asked(run_dir, tmp_path):
     out = str(tmp_path / "curves.png")
-    result = run_script("plot_training_log.py", run_dir, "--out", out)
+    result = run_here([run_dir, "--out", out], plot_command.main)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == out
     assert_real_png(out)
@@ -97,13 +93,13 @@ def test_model_card_names_the_hub_repo(run_copy):
 
 @pytest.mark.parametrize("folder", ["", "checkpoint-20"])
 def test_generate_from_run_and_checkpoint(run_dir, folder):
-    result = run_script("generate.py", os.path.join(run_dir, folder), PROMPT)
+    result = run_here([os.path.join(run_dir, folder), PROMPT], generate.main)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(PROMPT)
 
 
 def test_generate_bad_path_is_a_one_line_error(tmp_path):
-    result = run_script("generate.py", str(tmp_path / "missing"), PROMPT)
+    result = run_here([str(tmp_path / "missing"), PROMPT], generate.main)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert result.stdout == ""

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, app_env, read_log, run_app, tiny_args, wait_for_step, with_flag, write_jsonl
+from helpers import ROOT, app_env, read_log, run_here, tiny_args, wait_for_step, with_flag, write_jsonl
 from pretraining.checkpoints import checkpoint_problem
 
 
@@ -35,15 +35,15 @@ def four_shards(tmp_path_factory, corpus):
 
 
 def long_run(output_dir, data, **overrides):
-    return tiny_args(output_dir, *data, **{"max_steps": 500, "save_steps": 1000, "eval_steps": 1000,
-                                           "generation_steps": 0, **overrides})
+    return tiny_args(output_dir, *data, **{"max_steps": 500, **overrides})
 
 
 def check_stopped_and_resume(output_dir, argv, process, stdout, exit_status):
+    """The stopped run's exit status and checkpoint; the same command (in this process) resumes from it."""
     assert process.returncode == exit_status, stdout[-3000:]
     last = read_log(output_dir, "train")[-1]["step"]
     assert checkpoint_problem(os.path.join(output_dir, f"checkpoint-{last}")) is None
-    result = run_app(with_flag(argv, "max_steps", last + 2))
+    result = run_here(with_flag(argv, "max_steps", last + 2))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Resuming from checkpoint-{last}" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, last + 3))  # each step once
@@ -119,7 +119,7 @@ def test_launch_py_stops_every_rank_at_the_same_step(tmp_path, four_shards, sign
     last = read_log(output_dir, "train")[-1]["step"]
     checkpoint = os.path.join(output_dir, f"checkpoint-{last}")
     assert checkpoint_problem(checkpoint) is None
-    assert {"data_state_rank0.pt", "data_state_rank1.pt"} <= set(os.listdir(checkpoint))
+    assert {"run_state_rank0.pt", "run_state_rank1.pt"} <= set(os.listdir(checkpoint))
     assert "SignalException" not in stderr and "Traceback" not in stderr
     assert ("Stopped by Ctrl-C on every rank" in stderr) == (signum == signal.SIGINT)
 

@@ -6,12 +6,13 @@ decay from a config file whose mapping values reach the Trainer."""
 import itertools
 import json
 import os
-import shutil
 
 import pytest
 import yaml
 
-from helpers import losses, read_log, run_app, tiny_args, with_flag, without_train_file, write_sources
+import run_pretrain
+from helpers import (killed_after, losses, moved, read_log, run_here, tiny_args, with_flag, without_train_file,
+                     write_sources)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_data_stages_switch_log_and_resume_exactly_across_the_boundary(tmp_path,
     baseline = str(tmp_path / "baseline")
     argv = without_train_file(tiny_args(baseline, None, max_steps=10, save_steps=3, eval_steps=5, generation_steps=0,
                                         dataloader_num_workers=2)) + ["--data_stages", json.dumps(stages)]
-    result = run_app(argv)
+    result = run_here(argv)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "data stage 1: from step 0" in result.stdout and "data stage 2: from step 5" in result.stdout
     rows = read_log(baseline, "train")
@@ -49,22 +50,54 @@ def test_data_stages_switch_log_and_resume_exactly_across_the_boundary(tmp_path,
 
     # killed after checkpoint-3 (stage 1): the restart crosses into stage 2 as the uninterrupted run did
     output_dir = str(tmp_path / "run")
-    shutil.copytree(baseline, output_dir)
-    for name in ("checkpoint-6", "checkpoint-9", "checkpoint-10"):
-        shutil.rmtree(os.path.join(output_dir, name))
-    for name in ("model.safetensors", "trainer_state.json"):
-        os.remove(os.path.join(output_dir, name))
-    resumed_argv = [output_dir if value == baseline else value for value in argv]
-    result = run_app(resumed_argv)
+    killed_after(baseline, output_dir, 3)
+    resumed_argv = moved(argv, baseline, output_dir)
+    result = run_here(resumed_argv)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Resuming from checkpoint-3" in result.stdout
     assert losses(output_dir) == pytest.approx(losses(baseline), abs=1e-4)
     assert read_log(output_dir, "train")[-1]["stage_tokens_by_source"] == rows[-1]["stage_tokens_by_source"]
 
     # extending the finished run: the last stage goes on
-    result = run_app(with_flag(resumed_argv, "max_steps", 12))
+    result = run_here(with_flag(resumed_argv, "max_steps", 12))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [row["data_stage"] for row in read_log(output_dir, "train")[10:]] == [2, 2]
+
+
+def test_a_batch_change_on_resume_keeps_every_counter_exact(tmp_path, stage_sources):
+    """10 steps at 4 x 128 tokens, then (after a kill) resumed to 16 steps at 8 x 128 with --allow_changes batch, a
+    data stage from step 13: every row's tokens seen is what the steps before it took (11,264 at step 16, not
+    16 x 1,024), its tokens per source and per stage add up to it, its tokens/s is over its own step's tokens, the
+    stage switches after step 13 as asked, and the model card says 11,264 tokens."""
+    a, b = stage_sources
+    stages = [{"start_step": 0, "dataset_mixture": {a: 0.5, f"{b}@content": 0.5}},
+              {"start_step": 13, "dataset_mixture": {f"{b}@content": 1.0}}]
+    baseline = str(tmp_path / "baseline")
+    argv = without_train_file(tiny_args(baseline, None, max_steps=16, save_steps=10, eval_steps=100,
+                                        generation_steps=0, block_size=128, per_device_train_batch_size=4))
+    argv += ["--data_stages", json.dumps(stages)]
+    assert run_pretrain.main(argv) == 0
+    output_dir = str(tmp_path / "run")
+    killed_after(baseline, output_dir, 10)  # the stage is not in the resumed step's past
+    more = with_flag(moved(argv, baseline, output_dir), "per_device_train_batch_size", 8) + ["--allow_changes",
+                                                                                                "batch"]
+    assert run_pretrain.main(more) == 0
+    rows = read_log(output_dir, "train")
+    assert [row["step"] for row in rows] == list(range(1, 17))
+    per_step = {step: 4 * 128 if step <= 10 else 8 * 128 for step in range(1, 17)}
+    for row in rows:
+        step = row["step"]
+        assert row["tokens_seen"] == sum(per_step[s] for s in range(1, step + 1)), row
+        assert row["tokens_per_second"] * row["step_time"] == pytest.approx(per_step[step]), row
+        assert sum(row["tokens_by_source"].values()) == row["tokens_seen"], row
+        assert row["data_stage"] == (1 if step <= 13 else 2), row
+        stage_start = 1 if step <= 13 else 14
+        assert sum(row["stage_tokens_by_source"].values()) == sum(per_step[s] for s in range(stage_start, step + 1))
+    assert rows[-1]["tokens_seen"] == 10 * 4 * 128 + 6 * 8 * 128 == 11_264
+    with open(os.path.join(output_dir, "README.md"), encoding="utf-8") as f:
+        card = f.read()
+    assert "Trained for 16 optimizer steps on 11,264 tokens" in card
+    assert "| changed from step 10: batch | per_device_train_batch_size: 4 -> 8 |" in card
 
 
 def test_warmup_stable_decay_from_a_config_file(tmp_path, corpus):
@@ -79,8 +112,7 @@ def test_warmup_stable_decay_from_a_config_file(tmp_path, corpus):
                                                                    "learning_rate")}
                                      | {"lr_scheduler_kwargs": {"min_lr_ratio": 0.1}}))
     output_dir = str(tmp_path / "run")
-    result = run_app([str(config), *tiny_args(output_dir, *corpus, max_steps=20, save_steps=20, eval_steps=20,
-                                              generation_steps=0)])
+    result = run_here([str(config), *tiny_args(output_dir, *corpus, max_steps=20)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lrs = [row["learning_rate"] for row in read_log(output_dir, "train")]  # the rate each step trained with
     peak = recipe["learning_rate"]

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from pretraining.callbacks import grouped, progress_line
+from callbacks import grouped, progress_line
 from pretraining.log_fields import eval_row, score_keys, source_loss_keys
 
 STATE = SimpleNamespace(global_step=120, max_steps=5000)
@@ -35,3 +35,39 @@ def test_flat_tokens_by_source_fields_become_one_mapping_in_the_row():
     logs = {"loss": 1.0, "tokens_by_source/a.jsonl": 30, "tokens_by_source/hub:cfg": 10}
     assert grouped(logs, "tokens_by_source") == {"loss": 1.0, "tokens_by_source": {"a.jsonl": 30, "hub:cfg": 10}}
     assert grouped({"loss": 1.0}, "tokens_by_source") == {"loss": 1.0}
+
+
+def test_the_generation_samples_callback_works_with_a_stock_trainer(tmp_path, tokenizer):
+    """A user's own script: `from callbacks import GenerationSamplesCallback` (the repository root), a stock
+    transformers Trainer, a SmolLM2 model and the tokenizer as its processing_class. samples.jsonl gets a row per
+    prompt at every 2nd step, and the last rows are what the trained model completes greedily: text was generated."""
+    import subprocess
+    import sys
+
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from callbacks import GenerationSamplesCallback, generate_samples
+    from configuration_smollm2 import SmolLM2Config
+    from helpers import ROOT, read_jsonl_file
+    from modeling_smollm2 import SmolLM2ForCausalLM
+
+    imported = subprocess.run([sys.executable, "-c", "from callbacks import GenerationSamplesCallback"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    torch.manual_seed(0)
+    model = SmolLM2ForCausalLM(SmolLM2Config.tiny(vocab_size=len(tokenizer)))
+    ids = tokenizer("The quick brown fox jumps over the lazy dog. " * 8)["input_ids"][:64]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3,
+                             save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    prompts = ["The quick brown", "Once upon a time,"]
+    blocks = Dataset.from_dict({"input_ids": [ids] * 8, "labels": [ids] * 8})  # packed: no padding to do
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
+                      processing_class=tokenizer,
+                      callbacks=[GenerationSamplesCallback(prompts, steps=2, max_new_tokens=6)])
+    trainer.train()
+    rows = read_jsonl_file(tmp_path / "samples.jsonl")
+    assert [(row["step"], row["prompt"]) for row in rows] == [(step, prompt) for step in (2, 4) for prompt in prompts]
+    assert [row["text"] for row in rows[2:]] == generate_samples(model, tokenizer, prompts, 6)
+    assert all(row["text"] for row in rows), rows

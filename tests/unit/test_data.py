@@ -11,11 +11,11 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 import numpy as np
 
-from helpers import (cut_and_resume, data_args, doc_tokens, documents_read, packed, saved_and_loaded,
-                     write_jsonl)
-from pretraining.data import build_datasets, collate_blocks
+from helpers import (batches_and_passes, cut_and_resume, data_args, doc_tokens, documents_read, packed,
+                     saved_and_loaded, write_jsonl)
+from pretraining.data import build_datasets, collate_blocks, data_pass, source_token_counts, stream_states
 from pretraining.data.mixing import TokenShareMixer
-from pretraining.data.packing import BlockStream, loader_source_token_counts, stream_states
+from pretraining.data.packing import BlockStream
 from pretraining.data.reading import NO_SHUFFLE, SourceReader
 from pretraining.data.files import CHECKED_RECORDS
 from pretraining.data.sources import load_text_stream
@@ -29,8 +29,13 @@ def test_packing_concatenates_documents_with_eos_and_no_padding(tmp_path, tokeni
     stream = doc_tokens(tokenizer, texts)
     assert len(blocks) == len(stream) // 32  # only the final partial block is dropped
     assert all(b["input_ids"].shape == (32,) and torch.equal(b["input_ids"], b["labels"]) for b in blocks)
-    assert torch.cat([b["input_ids"] for b in blocks]).tolist() == stream[: 32 * len(blocks)]
-    assert tokenizer.eos_token_id == 0 and stream.count(0) == len(texts)
+    packed_tokens = torch.cat([b["input_ids"] for b in blocks]).tolist()
+    assert packed_tokens == stream[: 32 * len(blocks)]
+    # the packer's own output, cut at its EOS tokens: each document's tokens in order, one EOS after each
+    ends = [i for i, token in enumerate(packed_tokens) if token == tokenizer.eos_token_id]
+    pieces = [packed_tokens[start + 1 : end] for start, end in zip([-1] + ends, ends)]
+    assert pieces == [tokenizer(text)["input_ids"] for text in texts[: len(ends)]]
+    assert len(texts) - 2 <= len(ends) < len(texts)  # the last documents' ends fell in the dropped partial block
 
 
 @pytest.mark.parametrize("setup", ["plain", "split_special_tokens", "truncation_enabled"])
@@ -76,9 +81,14 @@ def test_stateful_dataloader_workers_resume_exactly(tmp_path, tokenizer, num_wor
 
     full = [batch["input_ids"] for batch in loader()]
     assert len(full) > 6
-    tokens = sorted(torch.cat(full).flatten().tolist())
-    # every worker reads its own files: together they cover the corpus, nothing twice
-    assert len(tokens) >= len(doc_tokens(tokenizer, [json.loads(line)["text"] for f in files for line in open(f)])) - 2 * 32 * 4
+    # each stream reads its own files (two workers: a file each) and the batches come from the streams in turn: each
+    # stream's batches are its files' tokens in order, nothing twice, nothing lost but its last partial block
+    texts = [[json.loads(line)["text"] for line in open(f)] for f in files]
+    streams = [texts[0] + texts[1]] if num_workers < 2 else texts
+    for index, stream_texts in enumerate(streams):
+        tokens = torch.cat(full[index::len(streams)]).flatten().tolist()
+        expected = doc_tokens(tokenizer, stream_texts)
+        assert tokens == expected[: len(expected) // 32 * 32], index
     head, second, _ = cut_and_resume(loader, 3)
     rest = [batch["input_ids"] for batch in second]
     assert all(torch.equal(a, b) for a, b in zip(head + rest, full)) and len(head + rest) == len(full)
@@ -100,7 +110,7 @@ def test_a_resume_saved_again_before_every_worker_has_read_goes_on_exactly(tmp_p
     full, counts = [], []
     for batch in (uninterrupted := loader()):
         full.append(batch["input_ids"])
-        counts.append(loader_source_token_counts(uninterrupted.state_dict(), 1))
+        counts.append(source_token_counts(stream_states(uninterrupted.state_dict()), 1))
     first = loader()
     iterator = iter(first)
     head = [next(iterator)["input_ids"] for _ in range(3)]
@@ -110,7 +120,7 @@ def test_a_resume_saved_again_before_every_worker_has_read_goes_on_exactly(tmp_p
     iterator = iter(second)
     head.append(next(iterator)["input_ids"])
     state = second.state_dict()  # the second worker has not given a batch since the resume
-    assert loader_source_token_counts(state, 1) == counts[3]
+    assert source_token_counts(stream_states(state), 1) == counts[3]
     del iterator
     rest = [batch["input_ids"] for batch in loader(state)]
     assert len(head + rest) == len(full) and all(torch.equal(a, b) for a, b in zip(head + rest, full))
@@ -240,7 +250,7 @@ def test_resume_in_a_later_pass_continues_exactly(tmp_path, tokenizer, num_worke
                                          blocks_per_batch=2), batch_size=2, num_workers=num_workers,
                                   collate_fn=collate_blocks)
 
-    full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]
+    full = list(batches_and_passes(loader(), 40))
     assert [data_pass for _, data_pass in full] == sorted(data_pass for _, data_pass in full)
     assert full[-1][1] >= 5
     per_pass = [[ids for ids, data_pass in full if data_pass == p] for p in (1, 3)]
@@ -255,7 +265,7 @@ def test_the_training_stream_goes_on_pass_after_pass(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "a.jsonl", [f"document {i} " * 10 for i in range(6)])
     train = build_datasets(data_args(train_file=path, block_size=16), tokenizer).train
     blocks = list(itertools.islice(train, 200))
-    assert len(blocks) == 200 and blocks[-1]["data_pass"] > 5
+    assert len(blocks) == 200 and data_pass(stream_states(train.state_dict())) > 5
     too_little = write_jsonl(tmp_path / "short.jsonl", ["one", "two"])
     train = build_datasets(data_args(train_file=too_little, block_size=64), tokenizer).train
     with pytest.raises(DataError, match=r"a whole pass over the training data \(2 documents\) holds fewer than "
@@ -351,7 +361,7 @@ def test_workers_in_different_passes_resume_exactly(tmp_path, tokenizer):
                                blocks_per_batch=2).train
         return StatefulDataLoader(train, batch_size=2, num_workers=2, collate_fn=collate_blocks)
 
-    full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 40)]
+    full = list(batches_and_passes(loader(), 40))
     cut = 21
     assert full[cut][1] != full[cut + 1][1], "the two workers should be in different passes at the cut"
     head, second, _ = cut_and_resume(loader, cut, read_ahead=False)
@@ -420,10 +430,10 @@ def test_flattened_blocks_are_data_collator_with_flattenings_layout_with_the_fla
         input_ids = torch.tensor([token for document in block for token in document])
         position_ids = torch.cat([torch.arange(len(document)) for document in block])
         samples.append({"input_ids": input_ids, "labels": input_ids.masked_fill(position_ids == 0, -100),
-                        "position_ids": position_ids, "data_pass": 1})
+                        "position_ids": position_ids})
     row = collate_blocks(samples, flatten=True)
     reference = DataCollatorWithFlattening(return_flash_attn_kwargs=True)([{"input_ids": d} for d in documents])
-    assert set(row) == set(reference) | {"data_pass"}
+    assert set(row) == set(reference)
     for key, expected in reference.items():
         if torch.is_tensor(expected):
             assert row[key].dtype == expected.dtype and torch.equal(row[key], expected), key

@@ -10,10 +10,12 @@ import torch
 import yaml
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from helpers import (cut_and_resume, data_args, documents_read, fails_in_one_line, mixture, tiny_args,
-                     without_train_file, write_jsonl, write_sources)
+from helpers import (batches_and_passes, cut_and_resume, data_args, documents_read, fails_in_one_line, mixture,
+                     saved_and_loaded, tiny_args, without_train_file, write_jsonl, write_sources)
 from pretraining.arguments import parse_args
-from pretraining.data import build_datasets, collate_blocks, loader_source_token_counts, loader_stage_token_counts
+from pretraining.data import (build_datasets, collate_blocks, data_pass, source_token_counts, stage_token_counts,
+                              stream_states)
+from pretraining.run_state import RunState
 from pretraining.data.mixture import parse_mixture
 from pretraining.devices import DeviceReport
 from pretraining.errors import DataError
@@ -27,8 +29,8 @@ def test_token_shares_follow_the_weights(tmp_path, tokenizer):
                          [f"beta {i} " + "word " * n for i, n in enumerate(lengths)])
     train = build_datasets(data_args(dataset_mixture=mixture(a, b), block_size=64), tokenizer).train
     blocks = list(itertools.islice(train, 300))
-    counts = loader_source_token_counts(train.state_dict(), 2)
-    assert sum(counts) == 300 * 64 and all(block["data_pass"] == 1 for block in blocks)
+    counts = source_token_counts(stream_states(train.state_dict()), 2)
+    assert len(blocks) == 300 and sum(counts) == 300 * 64 and data_pass(stream_states(train.state_dict())) == 1
     shares = [count / sum(counts) for count in counts]
     print(f"token shares over 300 blocks of 64 tokens: {shares}")
     assert shares == pytest.approx([0.8, 0.2], abs=0.03)
@@ -43,7 +45,7 @@ def test_weights_are_token_shares_whatever_the_document_lengths(tmp_path, tokeni
     train = build_datasets(data_args(dataset_mixture=mixture(a, b), block_size=64, shuffle_buffer=shuffle_buffer),
                            tokenizer).train
     list(itertools.islice(train, 300))
-    counts = loader_source_token_counts(train.state_dict(), 2)
+    counts = source_token_counts(stream_states(train.state_dict()), 2)
     shares = [count / sum(counts) for count in counts]
     print(f"token shares over 300 blocks of 64 tokens, short 0.8 / long 0.2: {shares}")
     assert shares == pytest.approx([0.8, 0.2], abs=0.03)
@@ -51,9 +53,10 @@ def test_weights_are_token_shares_whatever_the_document_lengths(tmp_path, tokeni
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_data_stages_switch_the_mixture_at_their_step_and_resume_exactly(tmp_path, tokenizer, num_workers):
-    """Stage 1 is source A alone, stage 2 (after 5 steps of 2 batches of 2 blocks) B alone: the blocks of steps 1-5
-    hold A's tokens only, those of the steps after B's (but for the end of the last A document, carried over), each
-    stage's tokens counted apart; a state saved in either stage, or at the boundary, resumes exactly."""
+    """Stage 1 is source A alone, stage 2 (after 5 steps of 2 batches of 2 blocks: from loader batch 10) B alone: the
+    blocks of steps 1-5 hold A's tokens only, those of the steps after B's (but for the end of the last A document,
+    carried over), each stage's tokens counted apart; a state saved in either stage, or at the boundary, resumes
+    exactly."""
     a, b = write_sources(tmp_path, [f"alpha {i} " + "word " * (3 + i % 5) for i in range(400)],
                          [f"beta {i} " + "word " * (3 + i % 7) for i in range(400)])
     stages = [{"start_step": 0, "dataset_mixture": {a: 1}}, {"start_step": 5, "dataset_mixture": {f"{b}@content": 1}}]
@@ -61,14 +64,14 @@ def test_data_stages_switch_the_mixture_at_their_step_and_resume_exactly(tmp_pat
     block, batch, steps_per_batch = 16, 2, 2  # tokens, blocks per batch, batches per step
 
     def loader():
-        train = build_datasets(args, tokenizer, blocks_per_batch=batch, batches_per_step=steps_per_batch,
+        train = build_datasets(args, tokenizer, blocks_per_batch=batch, stage_batches=[0, 5 * steps_per_batch],
                                streams=max(1, num_workers)).train
         return StatefulDataLoader(train, batch_size=batch, num_workers=num_workers, collate_fn=collate_blocks)
 
     full, stage_counts = [], []
     for batch_ids in (iterator := loader()):
         full.append(batch_ids["input_ids"])
-        stage_counts.append(loader_stage_token_counts(iterator.state_dict(), 2, 2))
+        stage_counts.append(stage_token_counts(stream_states(iterator.state_dict()), 2, 2))
         if len(full) == 8 * steps_per_batch:
             break
     per_step = block * batch * steps_per_batch
@@ -79,6 +82,39 @@ def test_data_stages_switch_the_mixture_at_their_step_and_resume_exactly(tmp_pat
         head, second, _ = cut_and_resume(loader, cut)
         rest = [batch_ids["input_ids"] for batch_ids in itertools.islice(second, len(full) - cut)]
         assert all(torch.equal(x, y) for x, y in zip(head + rest, full, strict=True)), cut
+
+
+def test_a_stage_given_as_a_step_stays_at_that_step_when_the_batch_changes(tmp_path, tokenizer):
+    """Stage 2 (B alone) from step 5. Steps 1-3 take 2 loader batches of 2 blocks each; the run resumes after step 3
+    with gradient accumulation 1 (--allow_changes batch): its run state puts stage 2 at loader batch 6 + 2 x 1 = 8, so
+    steps 4-5 are still A's and the stage's tokens start counting at step 6, as without the change. (Counting the
+    stream's blocks with the new batch layout, 12 blocks / 2 per step, would have switched after step 3.)"""
+    a, b = write_sources(tmp_path, [f"alpha {i} " + "word " * (3 + i % 5) for i in range(400)],
+                         [f"beta {i} " + "word " * (3 + i % 7) for i in range(400)])
+    stages = [{"start_step": 0, "dataset_mixture": {a: 1}}, {"start_step": 5, "dataset_mixture": {f"{b}@content": 1}}]
+    args = data_args(data_stages=json.dumps(stages), block_size=16)
+    run = RunState.start({"batch": {"gradient_accumulation_steps": 2}}, streams=1, batches_per_step=2)
+
+    def loader(state=None):
+        train = build_datasets(args, tokenizer, blocks_per_batch=2,
+                               stage_batches=[run.batch_of_step(stage["start_step"]) for stage in stages]).train
+        if state is not None:
+            train.resume_streams(stream_states(state))
+        return StatefulDataLoader(train, batch_size=2, collate_fn=collate_blocks)
+
+    first = loader()
+    for _ in itertools.islice(first, 3 * 2):  # steps 1-3
+        pass
+    state = saved_and_loaded(first.state_dict())
+    run.checkpoint = "checkpoint-3"
+    assert run.resume({"batch": {"gradient_accumulation_steps": 1}}, {"batch"}, 3, batches_per_step=1) == ["batch"]
+    assert [run.batch_of_step(stage["start_step"]) for stage in stages] == [0, 8]
+    second, block, counts = loader(state), 16, []
+    for _ in itertools.islice(second, 5):  # steps 4-8, a batch of 2 blocks each
+        counts.append(stage_token_counts(stream_states(second.state_dict()), 2, 2))
+    assert counts[1] == [[(3 * 4 + 2 * 2) * block, 0], [0, 0]]  # steps 1-5: stage 1, A alone
+    a_tail, b_part = counts[-1][1]
+    assert a_tail + b_part == 3 * 2 * block and a_tail < block  # steps 6-8: stage 2, B after the last A document
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -95,21 +131,19 @@ def test_a_mixture_resumes_exactly_in_any_pass_with_its_token_counts(tmp_path, t
         return StatefulDataLoader(train, batch_size=2, num_workers=num_workers, collate_fn=collate_blocks)
 
     full, counts = [], []
-    for batch in (iterator := loader()):
-        full.append((batch["input_ids"], batch["data_pass"]))
-        counts.append(loader_source_token_counts(iterator.state_dict(), 2))
-        if len(full) == 40:
-            break
+    for batch in batches_and_passes(iterator := loader(), 40):
+        full.append(batch)
+        counts.append(source_token_counts(stream_states(iterator.state_dict()), 2))
     assert full[-1][1] >= 3, "the mixture should be read several times"
     assert [sum(c) for c in counts] == [2 * 16 * (i + 1) for i in range(40)]
     for cut in (3, 25):
         head, second, state = cut_and_resume(loader, cut)
-        assert loader_source_token_counts(state, 2) == counts[cut - 1]
+        assert source_token_counts(stream_states(state), 2) == counts[cut - 1]
         rest, iterator = [], iter(second)
         for batch in itertools.islice(iterator, 40 - cut):
             rest.append(batch["input_ids"])
         assert all(torch.equal(x, y) for x, (y, _) in zip(head + rest, full, strict=True)), cut
-        assert loader_source_token_counts(second.state_dict(), 2) == counts[-1]
+        assert source_token_counts(stream_states(second.state_dict()), 2) == counts[-1]
 
 
 @pytest.mark.parametrize("entries, expected", [
@@ -257,7 +291,7 @@ def test_a_rank_with_no_documents_is_refused_in_one_line(tmp_path, tokenizer):
         (data_args(dataset_mixture=mixture(a, b), block_size=16, validation_documents=0),
          f"dataset_mixture source '{b}@content'", "every rank reads all, keeps the documents whose digest falls to it"),
         (data_args(train_file=single, block_size=16, validation_documents=0), "the training data",
-         "every rank reads all, keeps one document in 2"),
+         "every rank reads all, keeps the documents whose digest falls to it"),
     ]:
         errors = []
         for rank in range(2):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from helpers import cut_and_resume, data_args, documents_read, saved_and_loaded, write_jsonl
+from helpers import batches_and_passes, cut_and_resume, data_args, documents_read, saved_and_loaded, write_jsonl
 from pretraining.data import build_datasets, collate_blocks, stream_states
 
 SHARDS, PER_SHARD = 8, 40
@@ -89,7 +89,7 @@ def test_a_shuffled_stream_resumes_exactly_in_any_pass(corpus_of_8_shards, token
         return StatefulDataLoader(train, batch_size=2, num_workers=num_workers,
                                   collate_fn=collate_blocks)
 
-    full = [(batch["input_ids"], batch["data_pass"]) for batch in itertools.islice(loader(), 150)]
+    full = list(batches_and_passes(loader(), 150))
     assert full[-1][1] >= 2, "the run should go on into a later pass"
     for cut in (3, 40, 120):
         head, second, _ = cut_and_resume(loader, cut)
