@@ -20,7 +20,7 @@ resume is one transition, `RunState.resume`, which rebases what the change inval
     data      the data from its start: the streams' states dropped, the loader batches counted from the resumed
               step, a mixture's tokens per source so far kept by source name
     schedule  nothing to rebase: the resumed optimizer and scheduler take this command's settings
-              (callbacks.ResumedSchedule)
+              (PretrainingTrainer.resume_where_the_checkpoint_stopped)
 """
 
 import hashlib
