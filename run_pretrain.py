@@ -18,16 +18,18 @@ import shutil
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from functools import partial
 
 import datasets
 import torch
 import transformers
-from transformers import TrainerState, set_seed
+from transformers import PreTrainedTokenizerBase, TrainerState, set_seed
 from transformers.utils import logging as hf_logging
 
 from callbacks import (CurvesCallback, GenerationSamplesCallback, JsonlLogCallback, LogTheLastStep, ProgressBarCallback,
                        ProgressLinesCallback, StopOnSignal)
+from configuration_smollm2 import SmolLM2Config
 from pretraining.arguments import ModelArguments, PretrainingArguments, comma_list, parse_args, traceback_requested
 from pretraining.checkpoints import saved_step
 from pretraining.data import DataArguments, TrainingData, build_datasets, collate_blocks
@@ -162,15 +164,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
                       f"model is in {training_args.output_dir}. Nothing changed; pass a larger --max_steps to train "
                       "on.")
             return 0
-        tokenizer = load_tokenizer(model_args)
-        config = build_config(model_args, data_args, tokenizer)
-        run_state, changed = state_to_go_on_from(checkpoint, trained, training_args,
-                                                 run_identity(config, tokenizer, model_args, data_args, training_args))
-        data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size,
-                              seed=training_args.seed, blocks_per_batch=training_args.per_device_train_batch_size,
-                              streams=run_state.record.data_streams,
-                              stage_batches=[run_state.batch_of_step(stage.start_step) for stage in data_args.stages]
-                              if data_args.stages else None)
+        inputs = run_inputs(model_args, data_args, training_args, checkpoint, trained)
+        tokenizer, run_state, data = inputs.tokenizer, inputs.run_state, inputs.data
         # inputs are all checked: from here on output_dir may change. The identity record is the run's first write.
         if training_args.process_index == 0:
             if checkpoint is None and training_args.replace_output_dir:
@@ -178,13 +173,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
             run_state.write_record(training_args.output_dir)
         # trained == max_steps: the last checkpoint was saved but not the final model (stopped in between)
         finishing = trained == training_args.max_steps
-        model = build_model(model_args, config, checkpoint)
+        model = build_model(model_args, inputs.config, checkpoint)
         trainer = build_trainer(data_args, training_args, tokenizer, model, data, run_state)
         print_summary(model, data_args, training_args, data, trainer.step_meter.peak_flops, device)
         if training_args.should_log:
             print(f"Saving the final model of {os.path.basename(checkpoint)}" if finishing else
                   f"Resuming from {os.path.basename(checkpoint)}" if checkpoint else "Starting from step 0", flush=True)
-            for part in changed:
+            for part in inputs.changed:
                 print(f"Changed on resume, from step {trained}: {part}: {CHANGEABLE[part]}", flush=True)
         if finishing:
             trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
@@ -205,18 +200,39 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
     return 0
 
 
-def state_to_go_on_from(checkpoint: str | None, trained: int, training_args: PretrainingArguments,
-                        identity: dict) -> tuple[RunState, list[str]]:
-    """The run state this command goes on from, and the parts of the run that it changes: a new run's state (no
-    change), or the checkpoint's after the transition to this command's `identity` at step `trained` (what
-    `--allow_changes` does not allow is refused)."""
+@dataclass
+class RunInputs:
+    """What a run trains with, built and checked before anything in its output folder changes."""
+
+    tokenizer: PreTrainedTokenizerBase
+    config: SmolLM2Config
+    run_state: RunState  # what the run goes on from
+    changed: list[str]  # the parts of the run this command changes (--allow_changes), from the resumed step
+    data: TrainingData  # this rank's
+
+
+def run_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments,
+               checkpoint: str | None = None, trained: int = 0) -> RunInputs:
+    """The tokenizer, the config, the run state and this rank's data of a new run, or of a resume from `checkpoint`
+    (at step `trained`): its run state after the transition to this command (what `--allow_changes` does not allow is
+    refused), the data where the run state says (its streams, its data stages' loader batches)."""
+    tokenizer = load_tokenizer(model_args)
+    config = build_config(model_args, data_args, tokenizer)
+    identity = run_identity(config, tokenizer, model_args, data_args, training_args)
     batches_per_step = training_args.gradient_accumulation_steps
     if checkpoint is None:
         # the rank's data streams: one per DataLoader worker of the run's first start (then any number may host them)
-        return RunState.start(identity, max(1, training_args.dataloader_num_workers), batches_per_step), []
-    run_state = RunState.load(checkpoint, training_args.process_index)
-    changed = run_state.resume(identity, set(comma_list(training_args.allow_changes)), trained, batches_per_step)
-    return run_state, changed
+        run_state, changed = RunState.start(identity, max(1, training_args.dataloader_num_workers),
+                                            batches_per_step), []
+    else:
+        run_state = RunState.load(checkpoint, training_args.process_index)
+        changed = run_state.resume(identity, set(comma_list(training_args.allow_changes)), trained, batches_per_step)
+    data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size,
+                          seed=training_args.seed, blocks_per_batch=training_args.per_device_train_batch_size,
+                          streams=run_state.record.data_streams,
+                          stage_batches=[run_state.batch_of_step(stage.start_step) for stage in data_args.stages]
+                          if data_args.stages else None)
+    return RunInputs(tokenizer, config, run_state, changed, data)
 
 
 def save_final(trainer: PretrainingTrainer, model, model_args: ModelArguments, data_args: DataArguments,

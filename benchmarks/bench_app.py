@@ -24,12 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import run_pretrain  # noqa: E402
 from demo_corpus import write_corpus  # noqa: E402
 from pretraining.arguments import parse_args  # noqa: E402
-from pretraining.data import build_datasets  # noqa: E402
 from pretraining.devices import probe_device  # noqa: E402
 from pretraining.jsonl import read_jsonl  # noqa: E402
-from pretraining.model import BUNDLED_TOKENIZER, build_config, build_model, load_tokenizer  # noqa: E402
+from pretraining.model import BUNDLED_TOKENIZER, build_model  # noqa: E402
 from pretraining.run_files import TRAINING_LOG  # noqa: E402
-from pretraining.run_state import run_identity  # noqa: E402
 from transformers import set_seed  # noqa: E402
 
 TINY = "num_hidden_layers=2,hidden_size=64,intermediate_size=128,num_attention_heads=4,num_key_value_heads=2"
@@ -91,18 +89,13 @@ def main(argv=None) -> None:
         output_dir = os.path.join(work, "run")
         device = probe_device()
         model_args, data_args, training_args = parse_args(app_argv(args, corpus, output_dir), device)
-        tokenizer = load_tokenizer(model_args)
-        config = build_config(model_args, data_args, tokenizer)
-        # as run_pretrain.train builds them: the run state's data streams, the model after the seed
-        run_state, _ = run_pretrain.state_to_go_on_from(None, 0, training_args, run_identity(
-            config, tokenizer, model_args, data_args, training_args))
-        data = build_datasets(data_args, tokenizer, training_args.process_index, training_args.world_size,
-                              seed=training_args.seed, blocks_per_batch=training_args.per_device_train_batch_size,
-                              streams=run_state.record.data_streams)
+        # as run_pretrain.train builds them: seeded first, the run's inputs, then the model
         set_seed(training_args.seed)
-        model = build_model(model_args, config)
-        trainer = run_pretrain.build_trainer(data_args, training_args, tokenizer, model, data, run_state)
-        run_pretrain.print_summary(model, data_args, training_args, data, trainer.step_meter.peak_flops, device)
+        inputs = run_pretrain.run_inputs(model_args, data_args, training_args)
+        model = build_model(model_args, inputs.config)
+        trainer = run_pretrain.build_trainer(data_args, training_args, inputs.tokenizer, model, inputs.data,
+                                             inputs.run_state)
+        run_pretrain.print_summary(model, data_args, training_args, inputs.data, trainer.step_meter.peak_flops, device)
         trainer.train()
         log = os.path.join(output_dir, TRAINING_LOG)
         rows = [row for row in read_jsonl(log) if row["type"] == "train"][args.warmup_rows:]

@@ -169,21 +169,15 @@ def in_process_trainer(output_dir, corpus, callbacks, **overrides):
     `callbacks` added."""
     import run_pretrain
     from pretraining.arguments import parse_args
-    from pretraining.data import build_datasets
     from pretraining.devices import DeviceReport
-    from pretraining.model import build_config, build_model, load_tokenizer
-    from pretraining.run_state import run_identity
+    from pretraining.model import build_model
 
     model_args, data_args, args = parse_args(tiny_args(output_dir, *corpus, **overrides), DeviceReport("cpu"))
-    tokenizer = load_tokenizer(model_args)
-    config = build_config(model_args, data_args, tokenizer)
-    model = build_model(model_args, config)
-    run_state, _ = run_pretrain.state_to_go_on_from(None, 0, args, run_identity(config, tokenizer, model_args,
-                                                                                 data_args, args))
+    inputs = run_pretrain.run_inputs(model_args, data_args, args)
+    model = build_model(model_args, inputs.config)
     os.makedirs(output_dir, exist_ok=True)
-    run_state.write_record(output_dir)  # a new run's folder holds its identity
-    trainer = run_pretrain.build_trainer(data_args, args, tokenizer, model, build_datasets(data_args, tokenizer),
-                                         run_state)
+    inputs.run_state.write_record(output_dir)  # a new run's folder holds its identity
+    trainer = run_pretrain.build_trainer(data_args, args, inputs.tokenizer, model, inputs.data, inputs.run_state)
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
@@ -215,11 +209,6 @@ def killed_after(baseline: str, output_dir: str, step: int) -> None:
             shutil.rmtree(os.path.join(output_dir, name))
     for name in ("model.safetensors", "trainer_state.json"):
         os.remove(os.path.join(output_dir, name))
-
-
-def moved(argv: list[str], old: str, new: str) -> list[str]:
-    """`argv` with the value `old` (an output_dir) replaced by `new`."""
-    return [new if value == old else value for value in argv]
 
 
 def app_env() -> dict:

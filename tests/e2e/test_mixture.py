@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from helpers import (killed_after, losses, mixture, moved, read_log, run_here, run_torchrun, tiny_args,
+from helpers import (killed_after, losses, mixture, read_log, run_here, run_torchrun, tiny_args, with_flag,
                      without_train_file, write_sources)
 
 
@@ -60,7 +60,7 @@ def test_mixture_run_logs_each_source_and_resumes_exactly(tmp_path, app_sources,
 
     output_dir = str(tmp_path / "run")
     killed_after(baseline, output_dir, 4)
-    check_resumed(baseline, output_dir, run_here(moved(argv, baseline, output_dir)))
+    check_resumed(baseline, output_dir, run_here(with_flag(argv, "output_dir", output_dir)))
 
 
 def test_mixture_under_torchrun_resumes_exactly(tmp_path, app_sources):
@@ -76,6 +76,6 @@ def test_mixture_under_torchrun_resumes_exactly(tmp_path, app_sources):
     assert all(sum(row["tokens_by_source"].values()) == row["tokens_seen"] == 2 * 4 * 64 * row["step"] for row in rows)
     output_dir = str(tmp_path / "run")
     killed_after(baseline, output_dir, 4)
-    check_resumed(baseline, output_dir, run_torchrun(moved(argv, baseline, output_dir)))
+    check_resumed(baseline, output_dir, run_torchrun(with_flag(argv, "output_dir", output_dir)))
 
 

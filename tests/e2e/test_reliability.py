@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import run_pretrain
-from helpers import (in_process_trainer, killed_after, losses, moved, read_log, run_here, start_app, tiny_args,
+from helpers import (in_process_trainer, killed_after, losses, read_log, run_here, start_app, tiny_args,
                      wait_for_step, with_flag, write_jsonl)
 from pretraining.checkpoints import checkpoint_problem
 from pretraining.errors import NonFiniteLossError
@@ -44,10 +44,10 @@ def two_worker_baseline(tmp_path_factory, corpus):
     return output_dir, argv
 
 
-def killed_and_restarted(baseline_argv, baseline_dir, output_dir, step):
+def killed_and_restarted(baseline_argv, output_dir, step):
     """The baseline's command on `output_dir` in a fresh process, killed with SIGKILL once it has logged `step`, then
     the same command again (in this process)."""
-    argv = moved(baseline_argv, baseline_dir, output_dir)
+    argv = with_flag(baseline_argv, "output_dir", output_dir)
     process = start_app(argv)
     wait_for_step(output_dir, step, process)
     process.send_signal(signal.SIGKILL)
@@ -58,7 +58,7 @@ def killed_and_restarted(baseline_argv, baseline_dir, output_dir, step):
 def test_sigkill_then_restart_resumes_exactly(tmp_path, baseline):
     baseline_dir, argv = baseline
     output_dir = str(tmp_path / "run")
-    result = killed_and_restarted(argv, baseline_dir, output_dir, 7)  # past checkpoint-4, before 8
+    result = killed_and_restarted(argv, output_dir, 7)  # past checkpoint-4, before 8
     assert result.returncode == 0, result.stderr
     assert "Resuming from checkpoint-" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 17))  # each step once
@@ -69,7 +69,7 @@ def test_sigkill_with_two_dataloader_workers_resumes_exactly(tmp_path, two_worke
     """Killed past a checkpoint, the restart trains on what the uninterrupted run did."""
     baseline_dir, argv = two_worker_baseline
     output_dir = str(tmp_path / "run")
-    result = killed_and_restarted(argv, baseline_dir, output_dir, 6)  # past checkpoint-4
+    result = killed_and_restarted(argv, output_dir, 6)  # past checkpoint-4
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Resuming from checkpoint-" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 13))
@@ -82,7 +82,7 @@ def test_the_worker_count_may_change_on_resume(tmp_path, two_worker_baseline):
     baseline_dir, argv = two_worker_baseline
     output_dir = str(tmp_path / "run")
     killed_after(baseline_dir, output_dir, 4)
-    result = run_here(with_flag(moved(argv, baseline_dir, output_dir), "dataloader_num_workers", 0))
+    result = run_here(with_flag(with_flag(argv, "output_dir", output_dir), "dataloader_num_workers", 0))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Resuming from checkpoint-4" in result.stdout
     assert losses(output_dir) == pytest.approx(losses(baseline_dir), abs=1e-4)
@@ -96,7 +96,7 @@ def test_the_first_row_after_a_resume_is_the_uninterrupted_runs(tmp_path, corpus
     assert run_pretrain.main(argv) == 0
     output_dir = str(tmp_path / "run")
     killed_after(baseline, output_dir, 4)
-    result = run_here(moved(argv, baseline, output_dir))
+    result = run_here(with_flag(argv, "output_dir", output_dir))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [row["step"] for row in read_log(output_dir, "train")] == [3, 6]
     assert losses(output_dir)[6] == pytest.approx(losses(baseline)[6], abs=1e-5)
@@ -161,7 +161,7 @@ def test_a_run_killed_in_a_later_pass_over_the_data_resumes_exactly(tmp_path, co
 
     output_dir = str(tmp_path / "run")
     killed_after(baseline, output_dir, 16)
-    result = run_here(moved(argv, baseline, output_dir))
+    result = run_here(with_flag(argv, "output_dir", output_dir))
     assert result.returncode == 0, result.stderr
     assert "Resuming from checkpoint-16" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 25))  # each step once
@@ -187,7 +187,7 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path, baseline, damage):
             f.write("x" * size)
     else:
         os.remove(os.path.join(newest, "checkpoint_manifest.json"))
-    result = run_here(moved(argv, baseline_dir, output_dir))
+    result = run_here(with_flag(argv, "output_dir", output_dir))
     assert result.returncode == 0, result.stderr
     assert "skipping checkpoint-12" in result.stdout and "Resuming from checkpoint-8" in result.stdout
     assert [row["step"] for row in read_log(output_dir, "train")] == list(range(1, 17))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import run_pretrain
-from helpers import (killed_after, losses, moved, read_log, run_here, tiny_args, with_flag, without_train_file,
+from helpers import (killed_after, losses, read_log, run_here, tiny_args, with_flag, without_train_file,
                      write_sources)
 
 
@@ -51,7 +51,7 @@ def test_data_stages_switch_log_and_resume_exactly_across_the_boundary(tmp_path,
     # killed after checkpoint-3 (stage 1): the restart crosses into stage 2 as the uninterrupted run did
     output_dir = str(tmp_path / "run")
     killed_after(baseline, output_dir, 3)
-    resumed_argv = moved(argv, baseline, output_dir)
+    resumed_argv = with_flag(argv, "output_dir", output_dir)
     result = run_here(resumed_argv)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Resuming from checkpoint-3" in result.stdout
@@ -79,7 +79,7 @@ def test_a_batch_change_on_resume_keeps_every_counter_exact(tmp_path, stage_sour
     assert run_pretrain.main(argv) == 0
     output_dir = str(tmp_path / "run")
     killed_after(baseline, output_dir, 10)  # the stage is not in the resumed step's past
-    more = with_flag(moved(argv, baseline, output_dir), "per_device_train_batch_size", 8) + ["--allow_changes",
+    more = with_flag(with_flag(argv, "output_dir", output_dir), "per_device_train_batch_size", 8) + ["--allow_changes",
                                                                                                 "batch"]
     assert run_pretrain.main(more) == 0
     rows = read_log(output_dir, "train")
