@@ -40,6 +40,7 @@ from pretraining.eval_tasks import TaskSuite, check_eval_tasks
 from pretraining.hub import raise_if_outage
 from pretraining.model import build_config, build_model, load_tokenizer
 from pretraining.model_card import write_report
+from pretraining.optimizers import optimizer_cls_and_kwargs, optimizer_summary
 from pretraining.run_files import TRAINER_STATE
 from pretraining.run_folder import claimed_output_dir
 from pretraining.run_state import CHANGEABLE, RunState, run_identity
@@ -97,6 +98,7 @@ def build_trainer(data_args: DataArguments, training_args: PretrainingArguments,
     trainer = PretrainingTrainer(
         model=model, args=training_args, train_dataset=data.train, eval_dataset=data.evaluation,
         processing_class=tokenizer, data_collator=partial(collate_blocks, flatten=flatten), callbacks=callbacks,
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, training_args),  # --optim muon (else the Trainer's)
         run_state=run_state, step_meter=step_meter, max_nonfinite_steps=training_args.max_nonfinite_steps,
         source_names=[source.name for source in data.sources], mixture=data_args.mixture is not None,
         stage_starts=[stage.start_step for stage in data.stages or ()],
@@ -130,6 +132,7 @@ def print_summary(model, data_args: DataArguments, training_args: PretrainingArg
     print(f"device: {training_args.device}{name}; data: {source}; output: {training_args.output_dir}")
     print(f"precision: {precision_summary(training_args.bf16, training_args.fp16, device)}; "
           f"{peak_summary(peak_flops, device)}")
+    print(optimizer_summary(model, training_args))
     hint = unused_gpus_hint(device, world)
     if hint:
         print(hint)

@@ -9,6 +9,7 @@ at the root, `callbacks.py`: a script of a user's adds them to its own Trainer).
     model.py       tokenizer, config and model of a run
     data/          the streamed, tokenized, packed data (see data/__init__.py)
     trainer.py     the Trainer with exact resume, crash-safe checkpoints, every logged value
+    optimizers.py  --optim muon: Muon for the decoder layers' matrices and AdamW for the rest, as one optimizer
     run_state.py   everything a run carries across a restart, one record: identity, counters, log window, data position
     run_folder.py  the output folder owned by one run: what it holds, the lock
     checkpoints.py checkpoint integrity and the checkpoint to resume from

@@ -13,12 +13,16 @@ import json
 import os
 from dataclasses import dataclass, field
 
+import torch
 import yaml
+from accelerate.utils import parse_flag_from_env
 from transformers import TrainingArguments
+from transformers.training_args import OptimizerNames
 
 from pretraining.data import DataArguments
 from pretraining.devices import DeviceReport
 from pretraining.errors import ArgumentError, OneLineParser
+from pretraining.optimizers import MUON, muon_settings
 from pretraining.run_files import RUN_EXPORTS
 
 DEFAULT_PROMPTS = ["Once upon a time,", "The capital of France is", "Photosynthesis is the process"]
@@ -64,7 +68,8 @@ class PretrainingArguments(TrainingArguments):
     max_steps: int = field(default=5000, metadata={"help": "Optimizer steps (a stream has no epochs)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Sequences per device per micro-step."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per device in evaluation."})
-    learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
+    learning_rate: float = field(default=3e-3, metadata={
+        "help": "Peak learning rate (AdamW's; with --optim muon, Muon's too: its updates are scaled to AdamW's RMS)."})
     lr_scheduler_type: str = field(default="linear", metadata={
         "help": "Linear warmup then linear decay to 0 (the seed recipe); warmup_stable_decay: warmup, the peak held, "
                 "then a decay over the last --decay_steps (SmolLM2's original recipe: configs/smollm2-135m-wsd.yaml); "
@@ -75,11 +80,18 @@ class PretrainingArguments(TrainingArguments):
         "help": "With --lr_scheduler_type warmup_stable_decay: the decay's length, a fraction of max_steps up to 1 "
                 "(default 0.2: the last 20%%, as SmolLM2's recipe) or a whole number of steps above 1. Linear to 0 "
                 "unless --lr_scheduler_kwargs says otherwise (decay_type, min_lr_ratio, num_decay_steps)."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (norms and biases excluded)."})
+    weight_decay: float = field(default=0.01, metadata={
+        "help": "Decoupled weight decay, AdamW's (and Muon's), on all but the norms and biases."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    optim: str = field(default=TrainingArguments.__dataclass_fields__["optim"].default, metadata={
+        "help": "The optimizer: the recipe's AdamW (transformers' default), any transformers optimizer, or 'muon': "
+                "Muon (torch 2.9+) for the decoder layers' weight matrices and AdamW for the rest, with one "
+                "--learning_rate and schedule (README, 'Muon'); its settings (momentum, nesterov, ns_steps, "
+                "adjust_lr_fn) through --optim_args.",
+        "choices": [name.value for name in OptimizerNames] + [MUON]})
     logging_steps: float = field(default=10, metadata={"help": "Log (print and training_log.jsonl) every N steps."})
     save_steps: float = field(default=1000, metadata={"help": "Save a checkpoint every N steps."})
     eval_strategy: str = field(default="steps", metadata={"help": "Evaluate every eval_steps."})
@@ -126,9 +138,9 @@ class PretrainingArguments(TrainingArguments):
                 "to start. Never the starting weights (--model_name_or_path)."})
     allow_changes: str | None = field(default=None, metadata={
         "help": "On resume, take these changed settings from the resumed step on instead of refusing: 'data' (the "
-                "stream starts afresh on the new data), 'schedule' (learning rate, its schedule, AdamW settings), "
-                "'batch' (per-device batch, gradient accumulation), comma-separated. The model and tokenizer never "
-                "change; the model card lists each change."})
+                "stream starts afresh on the new data), 'schedule' (learning rate, its schedule, the optimizer and its "
+                "settings; another --optim starts without state), 'batch' (per-device batch, gradient accumulation), "
+                "comma-separated. The model and tokenizer never change; the model card lists each change."})
     traceback: bool = field(default=False, metadata={"help": "Show the full traceback on errors."})
 
     def __post_init__(self):
@@ -147,8 +159,13 @@ class PretrainingArguments(TrainingArguments):
             problems.append(f"max_nonfinite_steps must be positive, got {self.max_nonfinite_steps}")
         if self.eval_tasks_limit is not None and self.eval_tasks_limit <= 0:
             problems.append(f"eval_tasks_limit must be positive, got {self.eval_tasks_limit}")
-        if self.eval_tasks and self.fsdp:
+        # --fsdp, or FSDP from an accelerate config (accelerate launch --config_file configs/accelerate_fsdp.yaml)
+        fsdp = bool(self.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP")
+        if self.eval_tasks and fsdp:
             problems.append("--eval_tasks does not run under --fsdp: lm-eval drives the whole model from one process")
+        muon = self.optim == MUON
+        if muon:
+            problems += self.check_muon(fsdp)
         unknown_formats = set(comma_list(self.export_formats)) - set(RUN_EXPORTS)
         if unknown_formats:
             problems.append(f"export_formats: unknown format(s) {', '.join(sorted(unknown_formats))} "
@@ -169,13 +186,29 @@ class PretrainingArguments(TrainingArguments):
         self.bf16 = bool(self.bf16)
         self.dataloader_num_workers = self.dataloader_num_workers or 0
         self.disable_tqdm = bool(self.disable_tqdm)
+        if muon:  # not one of transformers' names (OptimizerNames), which __post_init__ checks: the Trainer's AdamW
+            self.optim = OptimizerNames.ADAMW_TORCH  # meanwhile (the Trainer gets Muon by optimizer_cls_and_kwargs)
         super().__post_init__()
+        if muon:
+            self.optim = MUON
         # One process trains on one device. With several GPUs and no launcher the Trainer would wrap the model in
         # nn.DataParallel over all of them (a batch of per_device_train_batch_size x their number, which the recipe's
         # batch, tokens_seen and tokens/s do not count); the Trainer pins n_gpu to 1 the same way for model parallelism.
         # run_pretrain says how to use every GPU (devices.unused_gpus_hint).
         self._n_gpu = min(self._n_gpu, 1)
 
+    def check_muon(self, fsdp: bool) -> list[str]:
+        """--optim muon's problems: a torch without it, --optim_args it cannot take, FSDP."""
+        if not hasattr(torch.optim, "Muon"):
+            return [f"--optim muon needs torch 2.9 or later (torch.optim.Muon), this is torch {torch.__version__}"]
+        if fsdp:
+            return ["--optim muon does not run under FSDP: Muon orthogonalizes each whole weight matrix, and FSDP "
+                    "gives each rank a shard of it (orthogonalizing a shard is not Muon); use DDP (torchrun)"]
+        try:
+            muon_settings(self.optim_args)
+        except ValueError as err:
+            return [str(err)]
+        return []
 
     def resolve_wsd(self) -> list[str]:
         """warmup_stable_decay's length of decay from --decay_steps, as `num_decay_steps` in lr_scheduler_kwargs

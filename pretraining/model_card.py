@@ -7,6 +7,7 @@ table, the curves if drawn, how to load the model and how to serve its exports.
 """
 
 import os
+from dataclasses import asdict
 
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -15,14 +16,15 @@ from pretraining.hub import is_path
 from pretraining.jsonl import read_jsonl
 from pretraining.log_fields import DATA_STAGE, STAGE_TOKENS_BY_SOURCE, TOKENS_BY_SOURCE, score_keys, source_loss_keys
 from pretraining.run_files import CURVES_PNG, MODEL_CARD, RUN_EXPORTS, SAMPLES_LOG, TRAINING_LOG, written_atomically
+from pretraining.optimizers import MUON, muon_settings
 from pretraining.run_state import RunRecord, changes
 
 MAX_SAMPLES = 3
 TAGS = ["smollm2", "text-generation", "pretraining"]
 # the training settings the card lists (TrainingArguments' names), then block_size and world_size
 RECIPE_KEYS = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
-               "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2",
-               "adam_epsilon", "bf16", "seed")
+               "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "optim", "adam_beta1",
+               "adam_beta2", "adam_epsilon", "bf16", "seed")
 
 
 def last_samples(output_dir: str) -> tuple[int | None, list[dict]]:
@@ -195,6 +197,10 @@ def write_report(model, model_args, data_args, training_args, record: RunRecord 
         recipe["warmup_steps"] = f"{warmup} ({training_args.warmup_steps:g} of max_steps)"
     if training_args.lr_scheduler_kwargs:  # warmup_stable_decay's decay (num_decay_steps, decay_type ...)
         recipe.update({f"lr_scheduler {key}": value for key, value in training_args.lr_scheduler_kwargs.items()})
+    if training_args.optim == MUON:  # Muon's settings, defaults included (pretraining/optimizers.py)
+        recipe.update({f"muon {key}": value for key, value in asdict(muon_settings(training_args.optim_args)).items()})
+    elif training_args.optim_args:
+        recipe["optim_args"] = training_args.optim_args
     recipe.update(block_size=data_args.block_size, world_size=training_args.world_size)
     segments = record.segments if record else []
     for earlier, segment in zip(segments, segments[1:]):  # what --allow_changes took on a resume

@@ -20,7 +20,9 @@ resume is one transition, `RunState.resume`, which rebases what the change inval
     data      the data from its start: the streams' states dropped, the loader batches counted from the resumed
               step, a mixture's tokens per source so far kept by source name
     schedule  nothing to rebase: the resumed optimizer and scheduler take this command's settings
-              (PretrainingTrainer.resume_where_the_checkpoint_stopped)
+              (PretrainingTrainer._load_optimizer_and_scheduler, resume_where_the_checkpoint_stopped); another
+              optimizer (--optim) starts without state (`optimizer_changed`: the checkpoint's is the other one's), the
+              schedule going on
 """
 
 import hashlib
@@ -31,12 +33,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from pretraining.errors import ArgumentError
+from pretraining.optimizers import MUON, muon_settings
 from pretraining.run_files import RUN_IDENTITY, run_state_file, written_atomically
 
 # what a resume may change with --allow_changes, and what it means
 CHANGEABLE = {
     "data": "the data stream starts afresh on the new data (its position in the old data is not used)",
-    "schedule": "the new optimizer settings and learning-rate schedule apply from the resumed step",
+    "schedule": "the new optimizer settings and learning-rate schedule apply from the resumed step (another optimizer "
+                "starts without state)",
     "batch": "the new batch layout applies from the resumed step",
 }
 # the identity's parts, and the flags (ModelArguments, DataArguments, PretrainingArguments) that make each
@@ -44,7 +48,7 @@ DATA_FLAGS = ("dataset_name", "dataset_config_name", "train_file", "validation_f
               "validation_documents", "dataset_mixture", "data_stages", "document_masking", "shuffle_buffer",
               "shuffle_shards")
 SCHEDULE_FLAGS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "decay_steps",
-                  "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim")
+                  "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "optim_args")
 BATCH_FLAGS = ("per_device_train_batch_size", "gradient_accumulation_steps")
 # the config's own fields that are no part of the architecture
 NOT_ARCHITECTURE = ("use_cache",)
@@ -64,6 +68,8 @@ def run_identity(config, tokenizer, model_args, data_args, training_args) -> dic
         "schedule": settings(SCHEDULE_FLAGS, training_args),
         "batch": {**settings(BATCH_FLAGS, training_args), "world_size": training_args.world_size},
     }
+    if training_args.optim == MUON:  # its settings, defaults included: what trains, however --optim_args spells it
+        identity["schedule"]["optim_args"] = asdict(muon_settings(training_args.optim_args))
     return json.loads(json.dumps(identity))  # as the file holds it (tuples as lists, keys as strings)
 
 
@@ -160,6 +166,7 @@ class RunState:
     window: LogWindow = field(default_factory=LogWindow)
     data: dict[int, dict] | None = None  # the data streams' states to resume from (stream index -> state)
     checkpoint: str | None = None  # where it was loaded from (None: a new run)
+    optimizer_changed: bool = False  # resumed with another --optim: the checkpoint's optimizer state is not this one's
 
     @classmethod
     def start(cls, identity: dict, streams: int, batches_per_step: int) -> "RunState":
@@ -188,6 +195,8 @@ class RunState:
         changed = check_resume(self.record, identity, allowed, self.checkpoint, step)
         if not changed:
             return []
+        optim = lambda identity: identity.get("schedule", {}).get("optim")  # noqa: E731
+        self.optimizer_changed = optim(self.record.identity) != optim(identity)
         self.record.segments.append(Segment(step, identity, changed))
         if "data" in changed:
             self.data = None

@@ -16,6 +16,10 @@
   evaluation row the perplexity, a mixture's per-source losses and the `--eval_tasks` scores.
 
 What no public hook of the Trainer does (transformers 5.x), and so is overridden:
+- `_load_optimizer_and_scheduler` (private): the loaded optimizer keeps this command's settings (the checkpoint's
+  param groups would replace them), and a checkpoint of another `--optim` is not loaded at all (its state and param
+  groups are the other optimizer's; the scheduler's state is per group, and would fail to load). No hook comes between
+  the optimizer's creation and this load.
 - `_get_grad_norm` (private): the non-finite guard needs the gradient norm before the optimizer step; no callback
   event receives it (`on_pre_optimizer_step` has no norm), and computing it again would add a second reduction and
   a second device sync per step.
@@ -24,7 +28,8 @@ What no public hook of the Trainer does (transformers 5.x), and so is overridden
   Trainer's own rotation, which would count an incomplete newer checkpoint and delete the last complete one.
 - `get_batch_samples`: where the Trainer fetches a step's batches: the step meter's data wait; and, at the first
   step, the resume's own adjustments (`resume_where_the_checkpoint_stopped`), once the Trainer has set its running
-  loss up (`_tr_loss`, `_globalstep_last_logged`, no hook sets them) and loaded the optimizer and scheduler.
+  loss up (`_tr_loss`, `_globalstep_last_logged`, no hook sets them) and loaded the optimizer and scheduler (the
+  learning rate of this command's schedule).
 - `log`: the fields above, computed before the Trainer hands the row to the trackers and callbacks.
 - `evaluate`, `evaluation_loop`: a mixture's per-source losses in one evaluation row with the loss over all sources.
   A dict `eval_dataset` would run one evaluation per source, each logged as its own row, and no loss over all of
@@ -158,21 +163,14 @@ class PretrainingTrainer(Trainer):
 
     def resume_where_the_checkpoint_stopped(self) -> None:
         """At the first step, once the Trainer has set its logging state up (from scratch) and loaded the checkpoint's
-        optimizer and scheduler: the logging window goes on from the checkpoint's, and the optimizer and scheduler take
-        this command's settings, the same as the checkpoint's unless `--allow_changes schedule` or a larger
-        `--max_steps` changed them."""
+        optimizer and scheduler (`_load_optimizer_and_scheduler`): the logging window goes on from the checkpoint's,
+        and the learning rate is this command's schedule's, the same as the checkpoint's unless `--allow_changes
+        schedule` or a larger `--max_steps` changed it."""
         window = self.run_state.window
         self._tr_loss += window.loss_sum
         self._globalstep_last_logged = window.last_logged_step
         if self.state.global_step == 0:
             return
-        decay = set(self.get_decay_parameter_names(self.model))
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        for group in self.optimizer.param_groups:
-            in_decay = any(names.get(id(p)) in decay for p in group["params"])
-            group.update(weight_decay=self.args.weight_decay if in_decay else 0.0)
-            group.update({key: value for key, value in (("betas", (self.args.adam_beta1, self.args.adam_beta2)),
-                                                        ("eps", self.args.adam_epsilon)) if key in group})
         # The saved learning rate is the saved schedule's value for the next step. When max_steps grew (the recipe's
         # +50 extension) that is the old schedule's final 0: the new schedule's value, so that step N+1 trains too.
         # With the same schedule both are the same number.
@@ -183,6 +181,21 @@ class PretrainingTrainer(Trainer):
             for group, lr in zip(self.optimizer.param_groups, lrs):
                 group["lr"] = lr
             scheduler._last_lr = lrs
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None and self.run_state.optimizer_changed:
+            # another --optim wrote the checkpoint: its state (AdamW's moments, Muon's momenta) and param groups are
+            # that optimizer's, and its scheduler's state is per group of them. This optimizer starts without state;
+            # the schedule goes on from the checkpoint's step (its learning rate: resume_where_the_checkpoint_stopped).
+            self.lr_scheduler.last_epoch = self.state.global_step
+            return
+        # this command's settings (weight decay, betas, Muon's momentum ...), which `--allow_changes schedule` may have
+        # changed and the checkpoint's groups would replace; the learning rate is the schedule's
+        settings = [{key: value for key, value in group.items() if key not in ("params", "lr")}
+                    for group in self.optimizer.param_groups]
+        super()._load_optimizer_and_scheduler(checkpoint)
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)
 
     def _get_grad_norm(self, model, grad_norm=None):
         # The Trainer calls this before every optimizer step, with the norm that clipping took or, when
@@ -206,7 +219,7 @@ class PretrainingTrainer(Trainer):
                 f"{window.nonfinite_in_a_row} non-finite steps in a row (up to step {step}); stopping. The last "
                 "valid checkpoint is intact: lower --learning_rate or check the data, then resume"
             )
-        # AdamW leaves parameters without a gradient untouched: this step changes no weight or moment
+        # AdamW and Muon leave parameters without a gradient untouched: this step changes no weight or moment
         model.zero_grad(set_to_none=True)
         return grad_norm
 

@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+import torch
 
 import run_pretrain
 from helpers import fails_in_one_line, read_log, run_here, start_app, tiny_args, wait_for_step, with_flag, write_jsonl
@@ -109,18 +110,22 @@ def test_allowed_changes_apply_and_the_card_says_so(finished, tmp_path, corpus):
     output_dir = str(tmp_path / "run")
     shutil.copytree(finished[0], output_dir)
     argv = [output_dir if value == finished[0] else value for value in finished[1]]
-    lower = with_flag(with_flag(argv, "max_steps", 6), "learning_rate", 1e-4) + ["--allow_changes", "schedule"]
+    lower = with_flag(with_flag(argv, "max_steps", 6), "learning_rate", 1e-4) + ["--allow_changes", "schedule",
+                                                                                "--weight_decay", "0.05"]
     assert run_pretrain.main(lower) == 0
     rows = {row["step"]: row for row in read_log(output_dir, "train")}
     warmup = 1  # 10% of 6 steps, rounded up
     assert rows[5]["learning_rate"] == pytest.approx(1e-4 * (6 - 4) / (6 - warmup))
+    # the resumed AdamW took the new weight decay (the norms' group none), its moments kept
+    optimizer = torch.load(os.path.join(output_dir, "checkpoint-6", "optimizer.pt"), weights_only=True)
+    assert [group["weight_decay"] for group in optimizer["param_groups"]] == [0.05, 0.0]
     new_data = write_jsonl(tmp_path / "new.jsonl", [f"a new document {i} " * 12 for i in range(200)])
     more = with_flag(with_flag(lower, "max_steps", 8), "train_file", new_data)
     more[more.index("--allow_changes") + 1] = "data"
     assert run_pretrain.main(more) == 0
     with open(os.path.join(output_dir, "README.md"), encoding="utf-8") as f:
         card = f.read()
-    assert "| changed from step 4: schedule | learning_rate: 0.003 -> 0.0001 |" in card
+    assert "| changed from step 4: schedule | learning_rate: 0.003 -> 0.0001; weight_decay: 0.01 -> 0.05 |" in card
     assert re.search(r"\| changed from step 6: data \| train_file: '.*train\.jsonl' -> '.*new\.jsonl' \|", card)
     record = json.load(open(os.path.join(output_dir, "run_identity.json")))
     assert [segment["from_step"] for segment in record["segments"]] == [0, 4, 6]

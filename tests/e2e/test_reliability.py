@@ -223,12 +223,14 @@ class Snapshot(TrainerCallback):
         self.weights[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
-def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, corpus, capsys, max_grad_norm):
+@pytest.mark.parametrize("max_grad_norm, muon", [(1.0, False), (0.0, False), (1.0, True)])
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, corpus, capsys, max_grad_norm, muon):
+    """With and without clipping; and with Muon, under bf16 autocast (fp32 weights)."""
     snapshot = Snapshot()  # before the poison, so that it sees clean weights
+    optimizer = {"optim": "muon", "bf16": True} if muon else {}
     trainer = in_process_trainer(str(tmp_path / "run"), corpus, [snapshot, PoisonWeights({4}, transient=True)],
                                  max_steps=8, save_steps=3, generation_steps=0, eval_steps=100,
-                                 max_grad_norm=max_grad_norm)
+                                 max_grad_norm=max_grad_norm, **optimizer)
     trainer.train()
     before = snapshot.weights
     rows = {row["step"]: row for row in read_log(str(tmp_path / "run"), "train")}

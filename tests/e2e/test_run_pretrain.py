@@ -32,6 +32,8 @@ def test_tiny_run_logs_every_step_once_with_all_fields(finished_run):
         assert "mfu" not in row  # a CPU has no known peak: no MFU without --peak_tflops
     assert "step 30/30 | loss" in result.stdout and "tok/s" in result.stdout
     assert "no MFU" in result.stdout
+    assert ("optimizer: adamw_torch_fused (betas 0.9/0.95, eps 1e-08, weight decay 0.01 (none on norms)) for all 20 "
+            "tensors (3,219,776 parameters)") in result.stdout
 
 
 def test_output_to_a_file_has_no_progress_bar_escapes(finished_run):
