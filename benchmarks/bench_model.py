@@ -49,6 +49,7 @@ import modeling_smollm2  # noqa: E402
 import smollm2_ops  # noqa: E402
 from modeling_smollm2 import SmolLM2ForCausalLM  # noqa: E402
 from pretraining.devices import default_device, device_peak_flops  # noqa: E402
+from pretraining.jsonl import append_jsonl  # noqa: E402
 from pretraining.throughput import flops_per_token  # noqa: E402
 
 
@@ -91,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--without", nargs="*", default=[], choices=[*SPEED_OPS, "all"],
                         help="speed ops of ours to replace by the plain path (all: use_speed_ops=False)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", help="append the training-step figures of both models to this JSONL file "
+                                          "(benchmarks/device_check.py reads it)")
     return parser.parse_args(argv)
 
 
@@ -439,7 +442,12 @@ def main(argv=None):
     ours_row, llama_row = rows["ours"], rows["llama"]
     print()
     if "step_s" in ours_row:
-        print(f"training step speed, ours / llama: {round_ratio(llama_row['step_times'], ours_row['step_times']):.2f}x")
+        speed = round_ratio(llama_row['step_times'], ours_row['step_times'])
+        print(f"training step speed, ours / llama: {speed:.2f}x")
+        if args.results:
+            append_jsonl(args.results, {"stage": "ours against LlamaForCausalLM", "speed_ratio": speed, **{
+                name: {"step_time": row["step_s"], "tokens_per_second": row["tokens_per_s"], "mfu": row.get("mfu"),
+                       "model_tflops": step_flops / row["step_s"] / 1e12} for name, row in rows.items()}})
     if "gen_tokens_per_s" in ours_row:
         print(f"generation speed, ours / llama:    {round_ratio(llama_row['gen_times'], ours_row['gen_times']):.2f}x")
     if "memory" in ours_row:

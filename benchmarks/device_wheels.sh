@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The packages benchmarks/device_check.sh needs on the lent GPU machine and that machine lacks, as wheels for its
+# The packages benchmarks/device_check.py needs on the lent GPU machine and that machine lacks, as wheels for its
 # Python 3.12 in .whl/ (about 15 MB; git ignores it), downloaded here: that machine has no network. It has torch 2.11,
 # transformers 5.17, accelerate 1.15, huggingface_hub 1.33, tokenizers, safetensors, pyarrow, pandas, xxhash and
 # requests, and no datasets or torchdata (../shared/REFERENCES.md). The device tool carries the folder
-# (`carry: [".whl"]`); device_check.sh installs it and checks every requirement before measuring anything.
+# (`carry: [".whl"]`); device_check.py installs it and checks every requirement before measuring anything.
 #   bash benchmarks/device_wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
