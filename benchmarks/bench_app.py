@@ -154,10 +154,11 @@ class CompileEvents(logging.Handler):
 
 
 def loss_differences(rows: list[dict], reference: list[dict]) -> dict[int, float]:
-    """|loss - reference loss| at each step both training logs hold."""
-    losses = {row["step"]: row["loss"] for row in reference if row["type"] == "train"}
+    """|loss - reference loss| at each step both training logs hold a loss for, in the order of `rows` (bench_run.py
+    compares a resumed run with an uninterrupted one by it too)."""
+    losses = {row["step"]: row.get("loss") for row in reference if row["type"] == "train"}
     return {row["step"]: abs(row["loss"] - losses[row["step"]]) for row in rows
-            if row["type"] == "train" and row["step"] in losses}
+            if row["type"] == "train" and row.get("loss") is not None and losses.get(row["step"]) is not None}
 
 
 def main(argv=None) -> None:

@@ -37,7 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
-from bench_app import TINY, add_shape_args, measured, summary  # noqa: E402  (this folder: first on sys.path when run as a script)
+# this folder is first on sys.path when run as a script
+from bench_app import TINY, add_shape_args, loss_differences, measured, summary  # noqa: E402
 from configuration_smollm2 import SmolLM2Config  # noqa: E402
 from demo_corpus import write_corpus  # noqa: E402
 from modeling_smollm2 import SmolLM2ForCausalLM  # noqa: E402
@@ -225,10 +226,7 @@ def train_rows(output_dir: str) -> list[dict]:
 def loss_diffs(run_a: str, run_b: str, stopped_at: int) -> tuple[float | None, float | None, int | None]:
     """(the largest |loss B - loss A| up to `stopped_at`, the largest after it, the step of the latter, None where it
     is 0), over the steps that both runs logged a loss for."""
-    losses_a = {row["step"]: row.get("loss") for row in train_rows(run_a)}
-    losses_b = {row["step"]: row.get("loss") for row in train_rows(run_b)}
-    diffs = {step: abs(losses_b[step] - losses_a[step]) for step in sorted(losses_a.keys() & losses_b.keys())
-             if losses_a[step] is not None and losses_b[step] is not None}
+    diffs = loss_differences(train_rows(run_b), train_rows(run_a))
     before = max((diff for step, diff in diffs.items() if step <= stopped_at), default=None)
     after = {step: diff for step, diff in diffs.items() if step > stopped_at}
     worst = max(after, key=after.get, default=None)

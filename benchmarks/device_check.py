@@ -27,7 +27,6 @@ it; one that fails or runs out of time is named, and the next still runs. Nothin
 import argparse
 import glob
 import importlib.metadata as metadata
-import json
 import os
 import platform
 import signal
@@ -41,6 +40,10 @@ from dataclasses import dataclass
 from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the repo root
+
+from pretraining.jsonl import read_jsonl  # noqa: E402  (the standard library only: runs before any requirement check)
+
 USAGE = "python3 benchmarks/device_check.py [--cpu-smoke] [--budget SECONDS] [--stages N ...]"
 RECIPE_TOKENS = 5000 * 8 * 2048  # the reference recipe's tokens: 5000 steps of 8 x 2048
 # the app's requirements that the check does not measure: exports, trackers, curves (curves are drawn if matplotlib is
@@ -318,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if outcomes[stage.name] != "ok":
             say(f"{stage.name}: {outcomes[stage.name]}")
 
-    with open(results) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = list(read_jsonl(results))  # a stage killed mid-write leaves a torn last line: skipped
     say("== results")
     for line in table(rows, outcomes, smoke):
         say(line)

@@ -3,14 +3,13 @@ the same script, so that its own bugs are found before a GPU minute is spent on 
 its requirement check on a machine that lacks what the app needs."""
 
 import importlib.util
-import json
 import os
 import re
 import subprocess
 import sys
 import time
 
-from helpers import ROOT, app_env
+from helpers import ROOT, app_env, read_jsonl_file
 
 SCRIPT = os.path.join(ROOT, "benchmarks", "device_check.py")
 STAGES = ["environment", "app, eager", "app, compiled", "app, compiled + chunked loss", "app, eager + chunked loss",
@@ -26,8 +25,7 @@ def device_check(*args, out, timeout=900, pythonpath=None) -> subprocess.Complet
 
 
 def results(out) -> dict:
-    rows = [json.loads(line) for line in open(out / "results.jsonl")]
-    return {row["stage"]: row for row in rows}
+    return {row["stage"]: row for row in read_jsonl_file(out / "results.jsonl")}
 
 
 def test_cpu_smoke_runs_every_stage_and_brings_back_a_table_and_a_few_small_files(tmp_path):
